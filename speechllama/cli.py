@@ -1,0 +1,198 @@
+"""The ``speechllama`` command: argparse subcommands, each calling one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML experiment config (default: built-in defaults)")
+    p.add_argument("--data", help="corpus folder holding train.jsonl and dev.jsonl "
+                   "(sets data.train and data.dev)")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and logs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (same config)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. train.max_steps=500")
+
+
+def _resolve_config(args):
+    from .checkpoint import latest_checkpoint
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides += [f"data.train={Path(args.data) / 'train.jsonl'}",
+                      f"data.dev={Path(args.data) / 'dev.jsonl'}"]
+    last = latest_checkpoint(args.out) if args.resume else None
+    if last is not None:
+        print(f"resuming from {last} (its config.yaml; overrides apply on top)", file=sys.stderr)
+        return load_config(last / "config.yaml", overrides), last
+    cfg = load_config(args.config, overrides)
+    if not cfg.data.train:
+        raise ConfigError("no training data: pass --data DIR or data.train=MANIFEST")
+    return cfg, None
+
+
+def cmd_train_ctc(args) -> int:
+    from .config import save_config
+    from .tasks.ctc import CTCTask
+    from .train import distributed_env, fit
+
+    cfg, last = _resolve_config(args)
+    rank, world = distributed_env()
+    task = CTCTask(cfg, resume_from=last, rank=rank, world_size=world)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        save_config(cfg, Path(args.out) / "config.yaml")
+        n = sum(p.numel() for p in task.model.parameters())
+        print(f"CTC compressor: {n / 1e6:.2f}M parameters, vocabulary {cfg.compressor.vocab_size}, "
+              f"{len(task.items)} training recordings", file=sys.stderr)
+    final = fit(task, cfg, args.out, resume=args.resume)
+    if rank == 0:
+        print(f"checkpoint: {final}")
+    return 0
+
+
+def cmd_evaluate_ctc(args) -> int:
+    from .evaluate import ctc_report_markdown, evaluate_ctc, write_report
+
+    report = evaluate_ctc(args.model, args.data)
+    md = ctc_report_markdown(report)
+    print(md)
+    if args.out:
+        write_report(report, args.out, md)
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from .data import check_manifest
+
+    bad = 0
+    for manifest in args.manifests:
+        problems = check_manifest(manifest, decode=not args.no_decode)
+        for p in problems:
+            print(p)
+        bad += len(problems)
+        if not problems:
+            print(f"{manifest}: OK")
+    return 1 if bad else 0
+
+
+def cmd_data_demo(args) -> int:
+    from .data import build_demo
+
+    kwargs = {"langs": tuple(args.langs.split(",")), "numbers_per_lang": args.numbers,
+              "sentences_per_lang": args.sentences, "seed": args.seed, "workers": args.workers}
+    if args.root:
+        kwargs["root"] = args.root
+    _print_result(build_demo(args.out, **kwargs))
+    return 0
+
+
+def cmd_data_fillets(args) -> int:
+    from .data import build_fillets_speech
+
+    kwargs = {"langs": tuple(args.langs.split(","))}
+    if args.root:
+        kwargs["root"] = args.root
+    _print_result(build_fillets_speech(args.out, **kwargs))
+    return 0
+
+
+def cmd_data_covost2(args) -> int:
+    from .data import import_covost2
+
+    _print_result(import_covost2(args.tsv, args.clips, args.out, src_lang=args.src_lang,
+                                 tgt_lang=args.tgt_lang, split=args.split))
+    return 0
+
+
+def cmd_data_librispeech(args) -> int:
+    from .data import import_librispeech
+
+    _print_result(import_librispeech(args.root, args.out, lang=args.lang))
+    return 0
+
+
+def _print_result(result) -> None:
+    if result is not None:
+        print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="speechllama", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build, import and check corpora").add_subparsers(
+        dest="data_command", required=True)
+    p = data.add_parser("demo", help="synthetic demo corpus (espeak-ng + Fillets + num2words)")
+    p.add_argument("out")
+    p.add_argument("--langs", default="de,fr,es,it,nl,cs")
+    p.add_argument("--sentences", type=int, default=None, help="per language (default: all)")
+    p.add_argument("--numbers", type=int, default=300, help="number expressions per language")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--root", help="Fillets data folder (default: the Debian package's)")
+    p.set_defaults(func=cmd_data_demo)
+    p = data.add_parser("fillets-speech", help="real Czech/Dutch voice acting from Fillets")
+    p.add_argument("out")
+    p.add_argument("--langs", default="cs,nl")
+    p.add_argument("--root", help="Fillets data folder (default: the Debian package's)")
+    p.set_defaults(func=cmd_data_fillets)
+    p = data.add_parser("covost2", help="import a CoVoST-2 TSV + Common Voice clips to JSONL")
+    p.add_argument("tsv")
+    p.add_argument("clips")
+    p.add_argument("out")
+    p.add_argument("--src-lang")
+    p.add_argument("--tgt-lang")
+    p.add_argument("--split", help="keep rows of this split (train/dev/test) if the TSV has one")
+    p.set_defaults(func=cmd_data_covost2)
+    p = data.add_parser("librispeech", help="import a LibriSpeech-style folder to JSONL")
+    p.add_argument("root")
+    p.add_argument("out")
+    p.add_argument("--lang", default="en")
+    p.set_defaults(func=cmd_data_librispeech)
+    p = data.add_parser("check", help="validate manifests (fields, types, audio decodes)")
+    p.add_argument("manifests", nargs="+")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding the audio files")
+    p.set_defaults(func=cmd_data_check)
+
+    train = sub.add_parser("train", help="train a stage").add_subparsers(
+        dest="train_command", required=True)
+    p = train.add_parser("ctc", help="stage 1: the CTC compressor")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train_ctc)
+
+    ev = sub.add_parser("evaluate", help="evaluate a model").add_subparsers(
+        dest="evaluate_command", required=True)
+    p = ev.add_parser("ctc", help="CER/WER and compression ratios of a CTC compressor")
+    p.add_argument("--model", required=True, help="checkpoint or run folder")
+    p.add_argument("--data", required=True, help="manifest (JSONL)")
+    p.add_argument("--out", help="write REPORT.md and REPORT.json")
+    p.set_defaults(func=cmd_evaluate_ctc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:  # our errors are ValueError subclasses naming file/key
+        if os.environ.get("SPEECHLLAMA_DEBUG"):
+            raise
+        print(f"speechllama: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speechllama: interrupted (the last checkpoint is intact; use --resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Typed experiment configuration: dataclasses, YAML load/save, command-line overrides.
+
+One dataclass per concern, nested into :class:`ExperimentConfig`. YAML keys mirror the field
+names exactly; an unknown key or a value of the wrong type is a :class:`ConfigError` that names
+the key. Overrides use dotted paths: ``train.lr=3e-4`` or ``compressor.n_layers=2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema (names the key)."""
+
+
+@dataclass
+class FeatureConfig:
+    n_mels: int = 80  # log-mel bins, 25 ms window, 10 ms hop (Kaldi fbank)
+    spec_augment: bool = True  # SpecAugment on training batches only
+    freq_masks: int = 2
+    freq_width: int = 27  # max width of one frequency mask, in bins
+    time_masks: int = 2
+    time_width_ratio: float = 0.05  # max width of one time mask, as a fraction of the row length
+
+
+@dataclass
+class CompressorConfig:
+    """CTC compressor: 2 stride-2 Conv2D (4x subsampling, 40 ms a frame) + Transformer encoder."""
+
+    conv_channels: int = 128
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    vocab_size: int = 1000  # sentencepiece pieces incl. <blank>=0 and <unk>; see docs/design.md
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # training manifest (JSONL)
+    dev: str = ""  # dev manifest; empty = no validation
+    max_frames: int = 6000  # cap on padded fbank frames per batch (batch size x longest row)
+    max_seconds: float = 20.0  # longer utterances are skipped (counted) in training
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    max_steps: int = 2000
+    grad_clip: float = 5.0
+    bf16: bool = False  # bf16 autocast for the forward pass (CPU and CUDA)
+    seed: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # older step-* folders are deleted; the latest is always kept
+    max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+
+
+@dataclass
+class ExperimentConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    compressor: CompressorConfig = field(default_factory=CompressorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [v if item_tp is Any else _check_type(v, item_tp, key) for v in value]
+        return list(items) if origin is list else tuple(items)
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})"
+            )
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _from_dict(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(value, tp, prefix + key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, cls: type = ExperimentConfig) -> Any:
+    return _from_dict(cls, data or {})
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Return a copy of ``cfg`` with ``section.key=value`` overrides (values parsed as YAML)."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        path, raw = item.split("=", 1)
+        *parents, leaf = path.strip().split(".")
+        node = data
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"unknown config key '{path}'")
+            node = node[p]
+        if leaf not in node or isinstance(node[leaf], dict):
+            raise ConfigError(f"unknown config key '{path}'")
+        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
+    return from_dict(data, type(cfg))
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        cfg = from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return apply_overrides(cfg, list(overrides))
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,107 @@
+"""Stage 1: train the CTC compressor on source transcripts (all languages together)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..audio import CMVN, spec_augment
+from ..checkpoint import load_tensors, save_tensors
+from ..config import ExperimentConfig
+from ..data import read_manifest
+from ..data.batching import LengthBucketSampler, pad_feats, pad_tokens
+from ..data.features import FeatureStore, load_features
+from ..models.build import build_compressor, compressor_state, split_state
+from ..models.ctc_compressor import ctc_loss, subsampled_lengths
+from ..text import CTCTokenizer
+
+
+def feature_cache_path(manifest: str | Path) -> Path:
+    manifest = Path(manifest)
+    return manifest.parent / ".fbank" / f"{manifest.stem}.safetensors"
+
+
+def recordings(manifest: str | Path, progress: bool = True):
+    """Distinct recordings of a manifest with a source transcript: [(audio, src_text, src_lang)],
+    plus their features. Rows sharing an audio file (ST + ASR of one recording) count once."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for u in read_manifest(manifest):
+        if u.src_text and u.audio not in seen:
+            seen[u.audio] = (u.audio, u.src_text, u.src_lang)
+    recs = sorted(seen.values())
+    store = load_features([r[0] for r in recs], feature_cache_path(manifest), progress=progress)
+    if store.errors:
+        print(f"{manifest}: skipped {len(store.errors)} unreadable audio file(s), e.g. "
+              f"{store.errors[0]}", file=sys.stderr)
+    return [r for r in recs if r[0] in store], store
+
+
+class CTCTask:
+    """Data + model + CTC loss for ``speechllama train ctc``."""
+
+    def __init__(self, cfg: ExperimentConfig, resume_from: Path | None = None,
+                 rank: int = 0, world_size: int = 1, progress: bool = True):
+        self.cfg = cfg
+        recs, self.store = recordings(cfg.data.train, progress=progress and rank == 0)
+        if resume_from is not None:
+            self.tokenizer = CTCTokenizer((resume_from / "tokenizer.model").read_bytes())
+        else:
+            self.tokenizer = CTCTokenizer.train([r[1] for r in recs], cfg.compressor.vocab_size)
+        cfg.compressor.vocab_size = self.tokenizer.vocab_size  # resolved (data may allow fewer)
+        self.cmvn = CMVN.from_features(self.store.get(r[0]) for r in recs)
+        self.items, skipped = self._usable(recs, self.store)
+        if skipped and rank == 0:
+            print(f"{cfg.data.train}: {skipped} of {len(recs)} recordings skipped (longer than "
+                  f"data.max_seconds, or too short for their transcript under CTC)", file=sys.stderr)
+        self.model = build_compressor(cfg)
+        frames = [self.store.num_frames(p) for p, _ in self.items]
+        self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
+                                           rank=rank, world_size=world_size)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
+
+    def _usable(self, recs, store: FeatureStore):
+        items, skipped = [], 0
+        max_frames = int(self.cfg.data.max_seconds * 100)
+        for path, text, _ in recs:
+            tokens = self.tokenizer.encode(text)
+            n = store.num_frames(path)
+            fits = int(subsampled_lengths(torch.tensor(n))) >= max(1, len(tokens))
+            if tokens and fits and n <= max_frames:
+                items.append((path, tokens))
+            else:
+                skipped += 1
+        return items, skipped
+
+    def batch(self, indices: list[int]):
+        feats, lengths = pad_feats([self.cmvn(self.store.get(self.items[i][0])) for i in indices])
+        targets, target_lengths = pad_tokens([self.items[i][1] for i in indices])
+        return feats, lengths, targets, target_lengths
+
+    def loss(self, model: nn.Module, indices: list[int]):
+        feats, lengths, targets, target_lengths = self.batch(indices)
+        f = self.cfg.features
+        if f.spec_augment:
+            feats = spec_augment(feats, lengths, freq_masks=f.freq_masks, freq_width=f.freq_width,
+                                 time_masks=f.time_masks, time_width_ratio=f.time_width_ratio,
+                                 generator=self.generator)
+        _, logits, out_lengths = model(feats, lengths)
+        loss = ctc_loss(logits, out_lengths, targets, target_lengths)
+        return loss, {"items": len(indices), "tokens": int(target_lengths.sum())}
+
+    def save(self, folder: Path, model: nn.Module) -> None:
+        save_tensors(compressor_state(model, self.cmvn), folder / "model.safetensors")
+        (folder / "tokenizer.model").write_bytes(self.tokenizer.model_proto)
+
+    def load(self, folder: Path, model: nn.Module) -> None:
+        tensors = load_tensors(folder / "model.safetensors")
+        model.load_state_dict(split_state(tensors, "compressor"))
+        self.cmvn = CMVN.from_state_dict(split_state(tensors, "cmvn"))
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {"spec_augment": self.generator.get_state()}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["spec_augment"])

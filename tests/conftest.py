@@ -1,0 +1,63 @@
+"""Test factories: tiny audio corpora written in the real manifest format."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def tone_sequence(freqs: list[float], seconds_each: float = 0.25, sr: int = 16000,
+                  seed: int = 0) -> np.ndarray:
+    """A "word" per frequency: tones with a little noise, distinct enough to learn."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds_each * sr)) / sr
+    parts = [0.3 * np.sin(2 * np.pi * f * t) for f in freqs]
+    wave = np.concatenate(parts) + 0.01 * rng.standard_normal(len(parts) * len(t))
+    return wave.astype(np.float32)
+
+
+def write_corpus(folder: Path, items: list[tuple[str, str, list[float]]], name: str = "train",
+                 lang: str = "de") -> Path:
+    """items: (id, transcript, frequencies). Writes wavs and an ASR + ST manifest; returns it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "audio").mkdir(exist_ok=True)
+    rows = []
+    for i, (uid, text, freqs) in enumerate(items):
+        wave = tone_sequence(freqs, seed=i)
+        sf.write(folder / "audio" / f"{uid}.wav", wave, 16000)
+        base = {"audio": f"audio/{uid}.wav", "duration": len(wave) / 16000, "src_lang": lang,
+                "src_text": text}
+        rows.append({"id": f"{uid}-asr", **base, "tgt_lang": lang, "tgt_text": text})
+        rows.append({"id": f"{uid}-st", **base, "tgt_lang": "en", "tgt_text": text.upper()})
+    manifest = folder / f"{name}.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+TWO_UTTERANCES = [
+    ("u1", "eins zwei drei", [300, 500, 700, 900, 1100]),
+    ("u2", "vier fünf", [1500, 1300, 400, 2000]),
+]
+
+
+@pytest.fixture
+def two_utterances(tmp_path) -> Path:
+    """A corpus folder with train.jsonl and dev.jsonl holding the same two recordings."""
+    write_corpus(tmp_path / "corpus", TWO_UTTERANCES, "train")
+    write_corpus(tmp_path / "corpus", TWO_UTTERANCES, "dev")
+    return tmp_path / "corpus"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
