@@ -120,6 +120,15 @@ def cmd_data_librispeech(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .pipeline import run_demo
+
+    report = run_demo(args.out, config=args.config, overrides=args.overrides,
+                      sentences=args.sentences, numbers=args.numbers, langs=args.langs)
+    print(f"report: {report}")
+    return 0
+
+
 def _print_result(result) -> None:
     if result is not None:
         print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
@@ -162,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifests", nargs="+")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the audio files")
     p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("demo", help="the default demo end to end (corpus, training, report)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--config", help="YAML experiment config (default: built-in defaults)")
+    p.add_argument("--langs", default="de,fr,es,it,nl,cs")
+    p.add_argument("--sentences", type=int, default=None, help="per language (default: all)")
+    p.add_argument("--numbers", type=int, default=300, help="number expressions per language")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train a stage").add_subparsers(
         dest="train_command", required=True)

@@ -56,6 +56,7 @@ class CTCTask:
         if skipped and rank == 0:
             print(f"{cfg.data.train}: {skipped} of {len(recs)} recordings skipped (longer than "
                   f"data.max_seconds, or too short for their transcript under CTC)", file=sys.stderr)
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
         self.model = build_compressor(cfg)
         frames = [self.store.num_frames(p) for p, _ in self.items]
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,

