@@ -199,9 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .data import CorpusError
+
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # our errors are ValueError subclasses naming file/key
+    except (ValueError, OSError, CorpusError) as e:  # our errors name the file, line or key
         if os.environ.get("SPEECHLLAMA_DEBUG"):
             raise
         print(f"speechllama: error: {e}", file=sys.stderr)

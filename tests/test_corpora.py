@@ -1,0 +1,202 @@
+"""Fish Fillets text, the espeak demo corpus and the Fillets voice-acting corpus, on tiny fixtures."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechllama.audio import load_audio
+from speechllama.data import CorpusError, build_demo, build_fillets_speech, read_dialogues, read_manifest, split_of
+from speechllama.data import demo
+
+# Real formats (see /usr/share/games/fillets-ng/script/*/dialogs_*.lua): English text is the
+# third dialogId argument; other languages repeat the dialogId and follow it with dialogStr.
+LEVEL_EN = r'''
+-- Init
+dialogId("vit-m-hlava", "font_small", "Look, a \"head\"!")
+dialogId("vit-v-proc", "font_big", "Why?\nWhy not.")
+dialogId("vit-m-cesta", "font_small", "C:\\WINDOWS is not a path.")
+dialogId("vit-v-hodin", "font_big", "It took you %1 hours!")
+dialogId("vit-x-prazdne", "", "")
+dialogId("vit-m-ano", "font_small", 'Yes, certainly.')
+for i = 0, 3 do dialogId("key"..i, "", "") end
+'''
+LEVEL_DE = r'''
+dialogId("vit-m-hlava", "font_small", "Look, a \"head\"!")
+dialogStr("Schau, ein \"Kopf\"!")
+
+dialogId("vit-v-proc", "font_big", "Why?\nWhy not.")
+dialogStr(
+"Warum?\nWarum nicht.")
+-- dialogStr("commented out")
+dialogId("vit-m-cesta", "font_small", "C:\\WINDOWS is not a path.")
+dialogStr("C:\\WINDOWS ist kein Pfad.")
+dialogId("vit-v-hodin", "font_big", "It took you %1 hours!")
+dialogStr("Du hast %1 Stunden gebraucht!")
+dialogId("vit-m-ano", "font_small", 'Yes, certainly.')
+dialogStr("Ja, sicher.")
+'''
+LEVEL_CS = r'''
+dialogId("vit-m-hlava", "font_small", "Look, a \"head\"!")
+dialogStr("Hele, \"hlava\"!")
+dialogId("vit-v-proc", "font_big", "Why?\nWhy not.")
+dialogStr("Proč?\nProč ne.")
+dialogId("vit-m-cesta", "font_small", "C:\\WINDOWS is not a path.")
+dialogStr("C:\\WINDOWS není cesta.")
+dialogId("vit-m-ano", "font_small", 'Yes, certainly.')
+dialogStr("Ano, jistě.")
+'''
+# a second level reuses an id for a different line; shared lines live in script/share/
+OTHER_EN = 'dialogId("vit-m-ano", "font_small", "No.")\n'
+OTHER_CS = 'dialogId("vit-m-ano", "font_small", "No.")\ndialogStr("Ne.")\n'
+BORE_EN = 'dialogId("bore-m-nuda", "font_small", "I am bored.")\n'
+BORE_CS = 'dialogId("bore-m-nuda", "font_small", "Nudím se.")\ndialogStr("Nudím se.")\n'
+
+
+def fillets_tree(root):
+    """A miniature fillets-ng-data tree: two levels and a shared script."""
+    files = {
+        "city/dialogs_en.lua": LEVEL_EN, "city/dialogs_de.lua": LEVEL_DE, "city/dialogs_cs.lua": LEVEL_CS,
+        "city/dialogs_de_CH.lua": 'dialogId("vit-m-ano", "font_small", "Yes.")\ndialogStr("Jo.")\n',
+        "keys/dialogs_en.lua": OTHER_EN, "keys/dialogs_cs.lua": OTHER_CS,
+        "share/bore_dialogs_en.lua": BORE_EN, "share/bore_dialogs_cs.lua": BORE_CS,
+    }
+    for name, text in files.items():
+        (root / "script" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "script" / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def test_read_dialogues(tmp_path):
+    root = fillets_tree(tmp_path / "fillets")
+    en = read_dialogues(root, "en")
+    assert en == {
+        "vit-m-hlava": 'Look, a "head"!', "vit-v-proc": "Why? Why not.", "vit-m-cesta": "C:\\WINDOWS is not a path.",
+        "vit-m-ano": "Yes, certainly.", "vit-m-ano@keys": "No.", "bore-m-nuda": "I am bored.",
+    }  # %1 placeholder, empty text and the non-literal loop are skipped
+    de = read_dialogues(root, "de")
+    assert de["vit-m-hlava"] == 'Schau, ein "Kopf"!'
+    assert de["vit-v-proc"] == "Warum? Warum nicht."  # multi-line call, \n collapsed
+    assert de["vit-m-ano"] == "Ja, sicher."  # not the de_CH variant
+    assert "vit-v-hodin" not in de
+    cs = read_dialogues(root, "cs")
+    assert cs["vit-m-ano@keys"] == "Ne." and cs["bore-m-nuda"] == "Nudím se."
+
+
+def test_read_dialogues_without_game_data(tmp_path):
+    with pytest.raises(CorpusError, match="fillets-ng-data"):
+        read_dialogues(tmp_path, "en")
+    with pytest.raises(CorpusError, match="no dialogue scripts for language 'sv'"):
+        read_dialogues(fillets_tree(tmp_path / "fillets"), "sv")
+
+
+def _key_of(utterance):
+    """Split key back from a demo row id: '<lang>-<key>-st' / '<lang>-num-<kind>-<n>-asr'."""
+    name = utterance.id.split("-", 1)[1].rsplit("-", 1)[0]
+    return f"num-{name.rsplit('-', 1)[1]}" if name.startswith("num-") else name
+
+
+def _manifests(out):
+    return {split: (out / f"{split}.jsonl").read_text() for split in ("train", "dev", "test")}
+
+
+@pytest.fixture
+def espeak():
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (sudo apt-get install espeak-ng)")
+
+
+def test_build_demo(tmp_path, espeak):
+    root = fillets_tree(tmp_path / "fillets")
+    args = dict(langs=("de", "cs"), sentences_per_lang=3, numbers_per_lang=3, root=root, workers=2)
+    stats = build_demo(tmp_path / "a", **args)
+    rows = [u for split in ("train", "dev", "test") for u in read_manifest(tmp_path / "a" / f"{split}.jsonl")]
+    by_split = {split: read_manifest(tmp_path / "a" / f"{split}.jsonl") for split in ("train", "dev", "test")}
+    assert len(rows) == 2 * 2 * (3 + 3) and stats["errors"] == []
+    for split, utterances in by_split.items():
+        assert all(split_of(_key_of(u)) == split for u in utterances)
+    for u in rows:
+        other = {u.id[:-3] + "-asr" if u.task == "st" else u.id[:-4] + "-st"}
+        partner = [v for v in rows if v.id in other]
+        assert len(partner) == 1 and partner[0].audio == u.audio
+        if u.task == "st":
+            assert u.tgt_lang == "en" and u.src_text != u.tgt_text
+        else:
+            assert u.tgt_lang == u.src_lang and u.tgt_text == u.src_text
+    assert {u.src_lang for u in rows} == {"de", "cs"}
+    hlava = [u for u in rows if u.id == "de-vit-m-hlava-st"]
+    assert not hlava or (hlava[0].src_text, hlava[0].tgt_text) == ('Schau, ein "Kopf"!', 'Look, a "head"!')
+    numbers = [u for u in rows if "-num-" in u.id and u.task == "st"]
+    assert len(numbers) == 2 * 3 and all(u.tgt_text for u in numbers)
+    for u in rows[:4]:
+        assert sf.info(u.audio).samplerate == 16000 and sf.info(u.audio).channels == 1
+        assert abs(len(load_audio(u.audio)) / 16000 - u.duration) < 0.01
+
+    # deterministic: a second build elsewhere gives byte-identical manifests
+    build_demo(tmp_path / "b", **args)
+    assert _manifests(tmp_path / "a") == _manifests(tmp_path / "b")
+
+    # idempotent: a rerun keeps every wav (no re-synthesis) and the manifests
+    wavs = {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "audio").rglob("*.wav")}
+    before = _manifests(tmp_path / "a")
+    assert build_demo(tmp_path / "a", **args)["splits"] == stats["splits"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "audio").rglob("*.wav")} == wavs
+    assert _manifests(tmp_path / "a") == before
+    assert json.loads((tmp_path / "a" / "stats.json").read_text())["skipped"]["too_long"] == {}
+
+
+def test_build_demo_espeak_failures(tmp_path, monkeypatch):
+    root = fillets_tree(tmp_path / "fillets")
+    monkeypatch.setattr(demo, "ESPEAK", "no-such-espeak-binary")
+    with pytest.raises(CorpusError, match="apt-get install espeak-ng"):
+        build_demo(tmp_path / "out", langs=("de",), root=root)
+
+    fake = tmp_path / "fake-espeak"  # fails on every line: each is reported, counted and skipped
+    fake.write_text("#!/bin/sh\necho 'synthesis exploded' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(demo, "ESPEAK", str(fake))
+    stats = build_demo(tmp_path / "out", langs=("de",), sentences_per_lang=2, numbers_per_lang=1, root=root)
+    assert stats["skipped"]["synthesis_failed"] == 3
+    assert "synthesis exploded" in stats["errors"][0]
+    assert all((tmp_path / "out" / f"{s}.jsonl").read_text() == "" for s in ("train", "dev", "test"))
+
+
+def _ogg(path, seconds, sample_rate=44100, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    audio = np.random.default_rng(seed).uniform(-0.2, 0.2, (int(seconds * sample_rate), 2)).astype(np.float32)
+    sf.write(path, audio, sample_rate, format="OGG", subtype="VORBIS")
+
+
+def test_build_fillets_speech(tmp_path):
+    root = fillets_tree(tmp_path / "fillets")
+    # the layout of 'dpkg-deb -x fillets-ng-data-cs_*.deb <folder>'
+    sound = tmp_path / "unpacked" / "usr/share/games/fillets-ng/sound"
+    _ogg(sound / "city/cs/vit-m-hlava.ogg", 0.6)
+    _ogg(sound / "city/cs/vit-v-proc.ogg", 0.8, seed=1)
+    _ogg(sound / "keys/cs/vit-m-ano.ogg", 0.5, seed=2)  # the 'keys' line, key vit-m-ano@keys
+    _ogg(sound / "share/borejokes/cs/bore-m-nuda.ogg", 0.7, seed=3)
+    _ogg(sound / "city/cs/z-c-1.ogg", 0.5)  # a recording without a text line
+    (sound / "city/cs/vit-m-cesta.ogg").write_bytes(b"OggS" + bytes(200))  # corrupt
+
+    stats = build_fillets_speech(tmp_path / "out", langs=("cs",), root=root, sound_root=tmp_path / "unpacked")
+    assert stats["langs"]["cs"] == {"recordings": 6, "matched": 5}
+    assert stats["skipped"]["bad_audio"] == 1 and "vit-m-cesta.ogg" in stats["errors"][0]
+    assert stats["skipped"]["cs_recordings_without_text"] == 1
+    rows = {u.id: (split, u) for split in ("train", "dev", "test")
+            for u in read_manifest(tmp_path / "out" / f"{split}.jsonl")}
+    keys = ["vit-m-hlava", "vit-v-proc", "vit-m-ano@keys", "bore-m-nuda"]
+    assert sorted(rows) == sorted(f"cs-{k}-{task}" for k in keys for task in ("st", "asr"))
+    for key in keys:
+        (split, st), (_, asr) = rows[f"cs-{key}-st"], rows[f"cs-{key}-asr"]
+        assert split == split_of(key) and st.audio == asr.audio
+        assert st.tgt_lang == "en" and asr.tgt_lang == "cs" and asr.tgt_text == st.src_text
+    assert rows["cs-vit-m-ano@keys-st"][1].tgt_text == "No." and rows["cs-vit-m-ano@keys-st"][1].src_text == "Ne."
+    assert rows["cs-vit-v-proc-asr"][1].speaker == "fillets-cs-big"
+    info = sf.info(rows["cs-vit-v-proc-st"][1].audio)
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    assert abs(info.duration - 0.8) < 0.01
+
+    with pytest.raises(CorpusError, match="fillets-ng-data-nl"):
+        build_fillets_speech(tmp_path / "out", langs=("nl",), root=root, sound_root=tmp_path / "unpacked")
