@@ -10,5 +10,12 @@ Public API::
 from .audio import AudioError, fbank, load_audio
 from .models.ctc_compressor import ctc_compress
 
-__all__ = ["AudioError", "ctc_compress", "fbank", "load_audio"]
+__all__ = ["AudioError", "ctc_compress", "fbank", "load", "load_audio"]
 __version__ = "0.1.0"
+
+
+def load(path, *args, **kwargs):
+    """Load a trained Speech-LLaMA model: ``speechllama.load("runs/demo/model")``."""
+    from .inference import load as _load
+
+    return _load(path, *args, **kwargs)

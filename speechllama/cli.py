@@ -39,35 +39,81 @@ def _resolve_config(args):
     return cfg, None
 
 
-def cmd_train_ctc(args) -> int:
+def cmd_train(args) -> int:
     from .config import save_config
-    from .tasks.ctc import CTCTask
     from .train import distributed_env, fit
 
+    if getattr(args, "compressor", None):
+        args.overrides.append(f"speech_llm.compressor={args.compressor}")
+    if getattr(args, "llm", None):
+        args.overrides.append(f"llm.path={args.llm}")
     cfg, last = _resolve_config(args)
     rank, world = distributed_env()
-    task = CTCTask(cfg, resume_from=last, rank=rank, world_size=world)
+    if args.train_command == "ctc":
+        from .tasks.ctc import CTCTask as Task
+    else:
+        from .tasks.speech_llm import SpeechLLMTask as Task
+    task = Task(cfg, resume_from=last, rank=rank, world_size=world)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_config(cfg, Path(args.out) / "config.yaml")
-        n = sum(p.numel() for p in task.model.parameters())
-        print(f"CTC compressor: {n / 1e6:.2f}M parameters, vocabulary {cfg.compressor.vocab_size}, "
-              f"{len(task.items)} training recordings", file=sys.stderr)
+        total = sum(p.numel() for p in task.model.parameters())
+        trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
+        print(f"{args.train_command}: {trainable / 1e6:.2f}M trainable of {total / 1e6:.2f}M "
+              f"parameters, {len(task.items)} training items", file=sys.stderr)
     final = fit(task, cfg, args.out, resume=args.resume)
     if rank == 0:
         print(f"checkpoint: {final}")
     return 0
 
 
-def cmd_evaluate_ctc(args) -> int:
-    from .evaluate import ctc_report_markdown, evaluate_ctc, write_report
+def cmd_evaluate(args) -> int:
+    from .evaluate import (ctc_report_markdown, evaluate_ctc, evaluate_model,
+                           model_report_markdown, write_report)
+    from .models.build import checkpoint_kind
 
-    report = evaluate_ctc(args.model, args.data)
-    md = ctc_report_markdown(report)
+    if args.what == "ctc" or checkpoint_kind(args.model) == "ctc":
+        report = evaluate_ctc(args.model, args.data)
+        md = ctc_report_markdown(report)
+        if args.out:
+            write_report(report, args.out, md)
+    else:
+        report = evaluate_model(args.model, args.data, _decoding_options(args), out=args.out)
+        md = model_report_markdown(report)
     print(md)
-    if args.out:
-        write_report(report, args.out, md)
     return 0
+
+
+def _decoding_options(args):
+    from .decode import DecodingOptions
+
+    return DecodingOptions(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens)
+
+
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+
+
+def cmd_infer(args) -> int:
+    """translate / transcribe: one line per file; unreadable files are reported, the rest decoded."""
+    from .audio import AudioError
+    from .inference import Request, features_of, load
+
+    model = load(args.model, _decoding_options(args))
+    task = "st" if args.command == "translate" else "asr"
+    tgt = args.tgt_lang if task == "st" else (args.src_lang or "")
+    requests, names, failed = [], [], 0
+    for name in args.files:
+        try:
+            requests.append(Request(features_of(name), task, args.src_lang, tgt))
+            names.append(name)
+        except AudioError as e:
+            print(f"speechllama: error: {e}", file=sys.stderr)
+            failed += 1
+    for name, text in zip(names, model.decode(requests)):
+        print(f"{name}\t{text}" if len(args.files) > 1 else text, flush=True)
+    return 1 if failed else 0
 
 
 def cmd_data_check(args) -> int:
@@ -185,15 +231,32 @@ def build_parser() -> argparse.ArgumentParser:
         dest="train_command", required=True)
     p = train.add_parser("ctc", help="stage 1: the CTC compressor")
     _add_config_args(p)
-    p.set_defaults(func=cmd_train_ctc)
+    p.set_defaults(func=cmd_train)
+    p = train.add_parser("speech-llm", help="stage 2: audio encoder + LoRA on a frozen LLM")
+    _add_config_args(p)
+    p.add_argument("--compressor", help="stage-1 checkpoint or run folder")
+    p.add_argument("--llm", help="local Hugging Face LLaMA-family folder (default: SmolLM2-135M)")
+    p.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="evaluate a model").add_subparsers(
-        dest="evaluate_command", required=True)
-    p = ev.add_parser("ctc", help="CER/WER and compression ratios of a CTC compressor")
-    p.add_argument("--model", required=True, help="checkpoint or run folder")
+    p = sub.add_parser("evaluate", help="evaluate a model on a manifest (BLEU/chrF, WER/CER)")
+    p.add_argument("what", nargs="?", choices=["ctc"],
+                   help="'ctc': only the CTC compressor (CER/WER, compression ratios)")
+    p.add_argument("--model", required=True, help="checkpoint, run or model folder")
     p.add_argument("--data", required=True, help="manifest (JSONL)")
-    p.add_argument("--out", help="write REPORT.md and REPORT.json")
-    p.set_defaults(func=cmd_evaluate_ctc)
+    p.add_argument("--out", help="write OUT.md, OUT.json (and OUT.hyp.jsonl)")
+    _add_decoding_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    for name, helptext in (("translate", "speech -> English text, one line per file"),
+                           ("transcribe", "speech -> text in its own language, one line per file")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("files", nargs="+", help="audio files (any format and rate soundfile reads)")
+        p.add_argument("--model", required=True)
+        p.add_argument("--src-lang", help="source language code (default: not named in the prompt)")
+        if name == "translate":
+            p.add_argument("--tgt-lang", default="en")
+        _add_decoding_args(p)
+        p.set_defaults(func=cmd_infer)
     return parser
 
 

@@ -46,6 +46,35 @@ class CompressorConfig:
 
 
 @dataclass
+class LLMConfig:
+    """The frozen text LLM and its LoRA adapters (stage 2)."""
+
+    path: str = ""  # local Hugging Face LLaMA-family folder; "" = SmolLM2-135M-Instruct (cached)
+    weights_hash: str = ""  # sha256 of the base weights, filled in at training time and checked on load
+    lora_rank: int = 2  # 0 = no LoRA (the LLM stays exactly as it is)
+    lora_alpha: float = 0.0  # 0 = equal to the rank (scaling 1)
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    system_prompt: str = "You transcribe and translate speech."  # short: the default one costs ~20 tokens
+
+
+@dataclass
+class SpeechLLMConfig:
+    """Stage 2: compressed audio -> audio encoder -> LLM embedding space."""
+
+    compressor: str = ""  # stage-1 checkpoint folder (its weights are copied into stage-2 checkpoints)
+    compression: str = "average"  # average | remove_blank | none
+    audio_mask: str = "non_causal"  # non_causal (audio block bidirectional) | causal
+    freeze_compressor: bool = True
+    encoder_dim: int = 256
+    encoder_layers: int = 4
+    encoder_heads: int = 4
+    encoder_ff: int = 1024
+    dropout: float = 0.1
+    unnamed_language_prob: float = 0.2  # share of training prompts that do not name the source language
+    max_target_tokens: int = 96  # longer targets are skipped (counted) in training
+
+
+@dataclass
 class DataConfig:
     train: str = ""  # training manifest (JSONL)
     dev: str = ""  # dev manifest; empty = no validation
@@ -72,8 +101,24 @@ class TrainConfig:
 class ExperimentConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
+    speech_llm: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {  # string fields with a closed set of values
+    "speech_llm.compression": ("average", "remove_blank", "none"),
+    "speech_llm.audio_mask": ("non_causal", "causal"),
+}
+
+
+def _check_choices(cfg: Any) -> None:
+    data = to_dict(cfg)
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        if section in data and data[section][name] not in allowed:
+            raise ConfigError(f"config key '{key}': {data[section][name]!r} is not one of {allowed}")
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
@@ -114,7 +159,9 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 
 
 def from_dict(data: dict, cls: type = ExperimentConfig) -> Any:
-    return _from_dict(cls, data or {})
+    cfg = _from_dict(cls, data or {})
+    _check_choices(cfg)
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:

@@ -6,8 +6,10 @@ WER/CER; BLEU/chrF use the raw texts with sacrebleu's own tokenisation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -98,3 +100,88 @@ def write_report(report: dict, out: str | Path, markdown: str) -> None:
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     out.with_suffix(".md").write_text(markdown + "\n")
     print(f"wrote {out.with_suffix('.md')} and .json", file=sys.stderr)
+
+
+def subset_of(utt_id: str) -> str:
+    """Demo-corpus convention: number-expression rows have '-num-' in their id."""
+    return "numbers" if "-num-" in utt_id else "sentences"
+
+
+def translation_scores(refs: list[str], hyps: list[str]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu, default 13a tokenisation) with their signatures."""
+    import sacrebleu
+
+    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+    return {"bleu": bleu.corpus_score(hyps, [refs]).score, "chrf": chrf.corpus_score(hyps, [refs]).score,
+            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+
+
+def score_rows(rows: list[dict]) -> dict:
+    """rows: {id, task, src_lang, tgt_lang, ref, hyp}. Scores per language pair, subset and macro."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], f"{r['src_lang']}-{r['tgt_lang']}", subset_of(r["id"]))].append(r)
+        groups[(r["task"], f"{r['src_lang']}-{r['tgt_lang']}", "all")].append(r)
+    table = []
+    for (task, pair, subset), rs in sorted(groups.items()):
+        refs, hyps = [r["ref"] for r in rs], [r["hyp"] for r in rs]
+        scores = translation_scores(refs, hyps) if task == "st" else error_rates(refs, hyps)
+        table.append({"task": task, "pair": pair, "subset": subset, "n": len(rs), **scores})
+    macro = {}
+    for task, key in (("st", "bleu"), ("st", "chrf"), ("asr", "wer"), ("asr", "cer")):
+        for subset in ("all", "numbers", "sentences"):
+            vals = [t[key] for t in table if t["task"] == task and t["subset"] == subset]
+            if vals:
+                macro[f"{task}_{key}_{subset}"] = sum(vals) / len(vals)
+    return {"table": table, "macro": macro}
+
+
+def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
+                   out: str | Path | None = None, limit: int | None = None) -> dict:
+    """Decode every row of ``manifest`` with a Speech-LLaMA model and score it.
+
+    Writes ``OUT.hyp.jsonl``, ``OUT.json`` and ``OUT.md`` when ``out`` is given.
+    """
+    from .data import read_manifest
+    from .data.features import load_features
+    from .inference import Request, SpeechToText, load
+    from .tasks.ctc import feature_cache_path
+
+    model: SpeechToText = load(checkpoint) if options is None else load(checkpoint, options)
+    utts = read_manifest(manifest)[:limit]
+    store = load_features([u.audio for u in utts], feature_cache_path(manifest))
+    utts = [u for u in utts if u.audio in store]
+    requests = [Request(store.get(u.audio), u.task, u.src_lang, u.tgt_lang) for u in utts]
+    start = time.time()
+    hyps = model.decode(requests)
+    seconds = time.time() - start
+    rows = [{"id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
+             "ref": u.tgt_text, "hyp": h} for u, h in zip(utts, hyps)]
+    audio_s = sum(r.feats.shape[0] for r in requests) / 100
+    report = {"checkpoint": str(model.bundle.path), "manifest": str(manifest),
+              "decoding": dataclasses.asdict(model.options),
+              "rtfx": audio_s / max(seconds, 1e-9), "skipped_audio": store.errors, **score_rows(rows)}
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out.with_suffix(".hyp.jsonl"), "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        write_report(report, out, model_report_markdown(report))
+    return report
+
+
+def model_report_markdown(report: dict) -> str:
+    lines = ["| task | pair | subset | rows | BLEU | chrF | WER % | CER % |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for t in report["table"]:
+        f = lambda k: f"{t[k]:.1f}" if k in t else ""  # noqa: E731
+        lines.append(f"| {t['task']} | {t['pair']} | {t['subset']} | {t['n']} | {f('bleu')} | "
+                     f"{f('chrf')} | {f('wer')} | {f('cer')} |")
+    lines += ["", "Macro averages over language pairs:", ""]
+    lines += [f"- {k}: **{v:.1f}**" for k, v in report["macro"].items()]
+    sig = next((t["bleu_signature"] for t in report["table"] if "bleu_signature" in t), None)
+    if sig:
+        lines += ["", f"sacrebleu signature: `{sig}`"]
+    lines += [f"", f"Decoding speed: RTFx {report['rtfx']:.1f} (seconds of audio per second)."]
+    return "\n".join(lines)

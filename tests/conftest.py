@@ -61,3 +61,36 @@ def two_utterances(tmp_path) -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+LLM_WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
+
+
+def tiny_tokenizer(words=LLM_WORDS):
+    """A whitespace word-level tokenizer (no chat template: the plain prompt layout is used)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def tiny_llm_folder(path: Path, words=LLM_WORDS, hidden=32, layers=2, heads=4, kv_heads=2) -> Path:
+    """A random tiny LLaMA + tokenizer saved as a Hugging Face folder (what --llm takes)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(words), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=256, initializer_range=0.2, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tiny_tokenizer(words).save_pretrained(path)
+    return path
+
+
+# words of TWO_UTTERANCES' transcripts and translations (upper case), for a tiny LLM vocabulary
+CORPUS_WORDS = ["<unk>", "<s>", "</s>", "eins", "zwei", "drei", "vier", "fünf",
+                "EINS", "ZWEI", "DREI", "VIER", "FÜNF"]

@@ -4,9 +4,9 @@ import os
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, ViTConfig
+from transformers import LlamaForCausalLM, ViTConfig
 
+from conftest import LLM_WORDS, tiny_llm_folder, tiny_tokenizer
 from speechllama.decode import DecodingOptions, generate
 from speechllama.models import llm
 from speechllama.models.llm import (
@@ -15,28 +15,12 @@ from speechllama.models.llm import (
 )
 
 HIDDEN, LAYERS, HEADS, KV_HEADS = 32, 2, 4, 2
-WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
-
-
-def tiny_tokenizer():
-    vocab = {w: i for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+WORDS = LLM_WORDS
 
 
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(WORDS), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=128,
-        initializer_range=0.2, bos_token_id=1, eos_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return tiny_llm_folder(tmp_path_factory.mktemp("tiny-llama"), WORDS, HIDDEN, LAYERS, HEADS, KV_HEADS)
 
 
 def test_load_rank0_is_frozen_base(llm_dir):

@@ -61,3 +61,90 @@ def load_compressor(path: str | Path) -> CompressorBundle:
     model.eval()
     cmvn = CMVN.from_state_dict(split_state(tensors, "cmvn"))
     return CompressorBundle(model, cmvn, CTCTokenizer(tok_file.read_bytes()), cfg, folder)
+
+
+def resolve_llm_path(cfg: ExperimentConfig) -> Path:
+    from .llm import default_llm_path
+
+    return Path(cfg.llm.path) if cfg.llm.path else default_llm_path()
+
+
+def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor):
+    """SpeechLLM from a config and a (trained) compressor; returns (model, LLM tokenizer)."""
+    from .audio_encoder import AudioEncoder
+    from .llm import load_llm
+    from .speech_llm import SpeechLLM
+
+    s, l = cfg.speech_llm, cfg.llm
+    llm, tokenizer = load_llm(resolve_llm_path(cfg), lora_rank=l.lora_rank,
+                              lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets))
+    encoder = AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads,
+                           s.encoder_layers, s.encoder_ff, s.dropout, llm.config.hidden_size)
+    model = SpeechLLM(compressor, encoder, llm, s.compression, s.audio_mask == "causal",
+                      s.freeze_compressor)
+    return model, tokenizer
+
+
+def speech_llm_state(model) -> dict[str, torch.Tensor]:
+    """Tensors of a stage-2 checkpoint: encoder, LLM trainable (LoRA) weights, compressor."""
+    from .llm import trainable_state_dict
+
+    sd = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    sd.update({f"llm.{k}": v for k, v in trainable_state_dict(model.llm).items()})
+    sd.update({f"compressor.{k}": v for k, v in model.compressor.state_dict().items()})
+    return sd
+
+
+def load_speech_llm_weights(model, tensors: dict[str, torch.Tensor]) -> None:
+    from .llm import load_trainable_state_dict
+
+    model.encoder.load_state_dict(split_state(tensors, "encoder"))
+    load_trainable_state_dict(model.llm, split_state(tensors, "llm"))
+    model.compressor.load_state_dict(split_state(tensors, "compressor"))
+
+
+@dataclass
+class SpeechLLMBundle:
+    model: torch.nn.Module  # SpeechLLM, in eval mode
+    tokenizer: object  # the LLM's tokenizer
+    cmvn: CMVN
+    config: ExperimentConfig
+    path: Path
+
+
+def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundle:
+    """Load a stage-2 checkpoint (or run folder, or exported model folder) on its base LLM."""
+    from .llm import weights_hash
+
+    folder = resolve_checkpoint(path)
+    try:
+        cfg = load_config(folder / "config.yaml")
+    except ConfigError as e:
+        raise CheckpointError(f"{folder}: bad config.yaml: {e}") from e
+    tensors = load_tensors(folder / "model.safetensors")
+    if not any(k.startswith("encoder.") for k in tensors):
+        raise CheckpointError(f"{folder}: not a Speech-LLM checkpoint (no audio encoder weights)")
+    llm_path = resolve_llm_path(cfg)
+    if check_hash and cfg.llm.weights_hash and weights_hash(llm_path) != cfg.llm.weights_hash:
+        raise CheckpointError(
+            f"{folder}: trained on a base LLM with weights hash {cfg.llm.weights_hash[:12]}..., "
+            f"but {llm_path} has {weights_hash(llm_path)[:12]}... (a different model or version)")
+    torch.manual_seed(0)  # deterministic placeholders before the weights are copied in
+    model, tokenizer = build_speech_llm(cfg, build_compressor(cfg))
+    try:
+        load_speech_llm_weights(model, tensors)
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{folder}: weights do not match config.yaml: {e}") from e
+    model.eval()
+    return SpeechLLMBundle(model, tokenizer, CMVN.from_state_dict(split_state(tensors, "cmvn")),
+                           cfg, folder)
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """'ctc' for a stage-1 checkpoint, 'speech_llm' for a stage-2 one (from its tensor names)."""
+    from safetensors import safe_open
+
+    folder = resolve_checkpoint(path)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    return "speech_llm" if any(k.startswith("encoder.") for k in keys) else "ctc"

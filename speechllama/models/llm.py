@@ -306,16 +306,20 @@ def language_name(code: str) -> str:
     return LANGUAGES.get(code.lower(), code)
 
 
-def instruction(task: str, src_lang: str, tgt_lang: str | None = None) -> str:
+def instruction(task: str, src_lang: str | None, tgt_lang: str | None = None) -> str:
     """The instruction for a task: 'asr'/'transcribe', or 'ast'/'st'/'translate' (which needs ``tgt_lang``).
+    ``src_lang=None`` leaves the source language unnamed (for audio of unknown language).
 
     >>> instruction("translate", "de", "en")
     'Translate the German speech into English.'
+    >>> instruction("transcribe", None)
+    'Transcribe the speech.'
     """
+    source = f"the {language_name(src_lang)} speech" if src_lang else "the speech"
     if task in TRANSCRIBE_TASKS:
-        return f"Transcribe the {language_name(src_lang)} speech."
+        return f"Transcribe {source}."
     if task in TRANSLATE_TASKS:
         if not tgt_lang:
             raise ValueError(f"task {task!r} needs a target language")
-        return f"Translate the {language_name(src_lang)} speech into {language_name(tgt_lang)}."
+        return f"Translate {source} into {language_name(tgt_lang)}."
     raise ValueError(f"unknown task {task!r}; expected one of {TRANSCRIBE_TASKS + TRANSLATE_TASKS}")

@@ -1,0 +1,97 @@
+"""Speech-LLaMA: CTC compressor -> ctc_compress -> audio encoder -> frozen LLM (+ LoRA) -> text.
+
+Shape legend: B batch, T fbank frames, S compressed audio vectors, L assembled sequence length,
+H LLM hidden size, V LLM vocabulary. Every row of the LLM input is laid out as
+
+    [before: instruction text][S audio vectors][after: text][target tokens + eos]
+
+and rows are LEFT-padded, so generation continues every row at the same column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..decode import DecodingOptions, generate
+from .audio_encoder import AudioEncoder
+from .ctc_compressor import CTCCompressor, ctc_compress
+from .llm import audio_text_mask
+
+IGNORE = -100  # label of positions that carry no loss
+
+
+class SpeechLLM(nn.Module):
+    """Composes the parts it is given (see ``models/build.py`` for the wiring from a config)."""
+
+    def __init__(self, compressor: CTCCompressor, encoder: AudioEncoder, llm: nn.Module,
+                 compression: str, causal_audio: bool, freeze_compressor: bool = True):
+        super().__init__()
+        self.compressor, self.encoder, self.llm = compressor, encoder, llm
+        self.compression, self.causal_audio = compression, causal_audio
+        self.freeze_compressor = freeze_compressor
+        if freeze_compressor:
+            self.compressor.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_compressor:
+            self.compressor.eval()  # a frozen compressor never uses dropout
+        return self
+
+    def encode_audio(self, feats: torch.Tensor, lengths: torch.Tensor):
+        """feats (B, T, 80) normalised fbank -> audio embeddings (B, S, H), lengths (B,)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_compressor):
+            hidden, logits, n = self.compressor(feats, lengths)  # (B, T', C), (B, T', V_ctc)
+            compressed, n = ctc_compress(hidden, logits, n, self.compression)  # (B, S, C)
+        return self.encoder(compressed, n), n  # (B, S, H)
+
+    def assemble(self, audio: torch.Tensor, audio_lengths: torch.Tensor,
+                 before: Sequence[Sequence[int]], after: Sequence[Sequence[int]],
+                 targets: Sequence[Sequence[int]] | None = None):
+        """Left-padded LLM input: embeds (B, L, H), 4-D mask, valid (B, L), labels (B, L) or None."""
+        embed = self.llm.get_input_embeddings()
+        device = audio.device
+        rows, labels, starts = [], [], []
+        for b in range(audio.shape[0]):
+            tgt = list(targets[b]) if targets is not None else []
+            text = torch.tensor([*before[b], *after[b], *tgt], dtype=torch.long, device=device)
+            t = embed(text).to(audio.dtype)  # (n_text, H)
+            nb, na = len(before[b]), len(after[b])
+            rows.append(torch.cat([t[:nb], audio[b, : audio_lengths[b]], t[nb:]]))  # (L_b, H)
+            starts.append(nb)
+            lab = torch.full((rows[-1].shape[0],), IGNORE, dtype=torch.long, device=device)
+            if tgt:
+                lab[-len(tgt):] = torch.tensor(tgt, device=device)
+            labels.append(lab)
+        length = max(r.shape[0] for r in rows)
+        pad = [length - r.shape[0] for r in rows]
+        embeds = torch.stack([F.pad(r, (0, 0, p, 0)) for r, p in zip(rows, pad)])  # (B, L, H)
+        lab = torch.stack([F.pad(x, (p, 0), value=IGNORE) for x, p in zip(labels, pad)])  # (B, L)
+        pad_t = torch.tensor(pad, device=device)
+        valid = torch.arange(length, device=device)[None, :] >= pad_t[:, None]  # (B, L)
+        mask = audio_text_mask(pad_t + torch.tensor(starts, device=device), audio_lengths, valid,
+                               causal_audio=self.causal_audio)
+        return embeds, mask, valid, (lab if targets is not None else None)
+
+    def forward(self, feats, lengths, before, after, targets) -> torch.Tensor:
+        """Mean cross-entropy over the target tokens (eos included)."""
+        audio, n = self.encode_audio(feats, lengths)
+        embeds, mask, valid, labels = self.assemble(audio, n, before, after, targets)
+        keep = max(len(t) for t in targets) + 1  # the last positions hold every row's target
+        position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                       logits_to_keep=keep)
+        logits = out.logits[:, :-1].float()  # (B, keep-1, V) predicts the next token
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                               labels[:, -keep + 1:].reshape(-1), ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def generate(self, feats, lengths, before, after, eos_id, options: DecodingOptions,
+                 max_new: torch.Tensor | None = None) -> list[list[int]]:
+        audio, n = self.encode_audio(feats, lengths)
+        embeds, mask, valid, _ = self.assemble(audio, n, before, after)
+        return generate(self.llm, embeds, mask, valid, eos_id, options, max_new)

@@ -1,0 +1,115 @@
+"""Stage 2: train the audio encoder and LoRA on (audio, instruction, target text), ST and ASR rows
+together; the task of a row is chosen by its instruction."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..audio import CMVN, spec_augment
+from ..checkpoint import load_tensors, save_tensors
+from ..config import ExperimentConfig
+from ..data import Utterance, read_manifest
+from ..data.batching import LengthBucketSampler, pad_feats
+from ..data.features import load_features
+from ..models.build import (build_speech_llm, load_compressor, load_speech_llm_weights,
+                            resolve_llm_path, speech_llm_state)
+from ..models.llm import build_prompt, instruction, weights_hash
+from .ctc import feature_cache_path
+
+
+class Prompter:
+    """Instruction token ids (before, after the audio) for (task, src_lang or None, tgt_lang), cached."""
+
+    def __init__(self, tokenizer, system: str):
+        self.tokenizer, self.system, self.cache = tokenizer, system, {}
+
+    def __call__(self, task: str, src_lang: str | None, tgt_lang: str):
+        key = (task, src_lang, tgt_lang)
+        if key not in self.cache:
+            text = instruction(task, src_lang, tgt_lang)
+            self.cache[key] = build_prompt(self.tokenizer, text, system=self.system or None)
+        return self.cache[key]
+
+
+def target_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+class SpeechLLMTask:
+    """Data + model + cross-entropy loss for ``speechllama train speech-llm``."""
+
+    def __init__(self, cfg: ExperimentConfig, resume_from: Path | None = None,
+                 rank: int = 0, world_size: int = 1, progress: bool = True):
+        s = cfg.speech_llm
+        if not s.compressor:
+            raise ValueError("stage 2 needs a trained compressor: pass --compressor CKPT "
+                             "(or speech_llm.compressor=...)")
+        bundle = load_compressor(s.compressor)
+        cfg.compressor, cfg.features.n_mels = bundle.config.compressor, bundle.config.features.n_mels
+        self.cfg, self.cmvn, self.ctc_tokenizer = cfg, bundle.cmvn, bundle.tokenizer
+        llm_path = resolve_llm_path(cfg)
+        cfg.llm.path, cfg.llm.weights_hash = str(llm_path), weights_hash(llm_path)
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
+        self.model, self.tokenizer = build_speech_llm(cfg, bundle.model)
+        self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
+        rows = read_manifest(cfg.data.train)
+        self.store = load_features([u.audio for u in rows], feature_cache_path(cfg.data.train),
+                                   progress=progress and rank == 0)
+        self.items = self._usable(rows, rank)
+        frames = [self.store.num_frames(u.audio) for u, _ in self.items]
+        self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
+                                           rank=rank, world_size=world_size)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
+
+    def _usable(self, rows: list[Utterance], rank: int):
+        items, skipped = [], 0
+        max_frames = int(self.cfg.data.max_seconds * 100)
+        for u in rows:
+            tgt = target_ids(self.tokenizer, u.tgt_text)
+            if (u.audio in self.store and self.store.num_frames(u.audio) <= max_frames
+                    and len(tgt) <= self.cfg.speech_llm.max_target_tokens):
+                items.append((u, tgt))
+            else:
+                skipped += 1
+        if skipped and rank == 0:
+            print(f"{self.cfg.data.train}: {skipped} of {len(rows)} rows skipped (unreadable audio, "
+                  f"longer than data.max_seconds or speech_llm.max_target_tokens)", file=sys.stderr)
+        if not items:
+            raise ValueError(f"{self.cfg.data.train}: no usable training rows")
+        return items
+
+    def loss(self, model: nn.Module, indices: list[int]):
+        rows = [self.items[i] for i in indices]
+        feats, lengths = pad_feats([self.cmvn(self.store.get(u.audio)) for u, _ in rows])
+        f = self.cfg.features
+        if f.spec_augment:
+            feats = spec_augment(feats, lengths, freq_masks=f.freq_masks, freq_width=f.freq_width,
+                                 time_masks=f.time_masks, time_width_ratio=f.time_width_ratio,
+                                 generator=self.generator)
+        unnamed = torch.rand(len(rows), generator=self.generator) < self.cfg.speech_llm.unnamed_language_prob
+        prompts = [self.prompter(u.task, None if drop else u.src_lang, u.tgt_lang)
+                   for (u, _), drop in zip(rows, unnamed.tolist())]
+        targets = [t for _, t in rows]
+        loss = model(feats, lengths, [p[0] for p in prompts], [p[1] for p in prompts], targets)
+        return loss, {"items": len(rows), "tokens": sum(len(t) for t in targets)}
+
+    def save(self, folder: Path, model: nn.Module) -> None:
+        tensors = speech_llm_state(model)
+        tensors.update({f"cmvn.{k}": v for k, v in self.cmvn.state_dict().items()})
+        save_tensors(tensors, folder / "model.safetensors")
+        (folder / "tokenizer.model").write_bytes(self.ctc_tokenizer.model_proto)
+
+    def load(self, folder: Path, model: nn.Module) -> None:
+        tensors = load_tensors(folder / "model.safetensors")
+        load_speech_llm_weights(model, tensors)
+        self.cmvn = CMVN.from_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("cmvn.")})
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {"data": self.generator.get_state()}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["data"])

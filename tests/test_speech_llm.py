@@ -1,0 +1,118 @@
+"""Stage 2 on tiny parts: a tiny compressor, a tiny random LLaMA, two utterances."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, tone_sequence
+from speechllama import load
+from speechllama.checkpoint import CheckpointError
+from speechllama.cli import main
+from speechllama.decode import DecodingOptions
+from speechllama.evaluate import evaluate_model
+from speechllama.inference import features_of
+from speechllama.models.build import load_speech_llm
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(corpus folder, stage-2 run folder, tiny LLM folder) after training both stages."""
+    from conftest import write_corpus
+
+    root = tmp_path_factory.mktemp("stage2")
+    corpus = root / "corpus"
+    write_corpus(corpus, TWO_UTTERANCES, "train")
+    write_corpus(corpus, TWO_UTTERANCES, "dev")
+    llm = tiny_llm_folder(root / "llm", CORPUS_WORDS)
+    common = ["--config", str(TINY), "--data", str(corpus)]
+    assert main(["train", "ctc", *common, "--out", str(root / "ctc"), "train.max_steps=150",
+                 "features.spec_augment=false"]) == 0
+    assert main(["train", "speech-llm", *common, "--out", str(root / "s2"), "--compressor",
+                 str(root / "ctc"), "--llm", str(llm), "train.max_steps=250",
+                 "features.spec_augment=false", "train.lr=0.01", "llm.lora_rank=4"]) == 0
+    return corpus, root / "s2", llm
+
+
+def test_overfits_two_utterances_in_both_tasks(trained):
+    corpus, run, _ = trained
+    report = evaluate_model(run, corpus / "dev.jsonl", out=run / "eval")
+    hyps = [json.loads(x) for x in (run / "eval.hyp.jsonl").read_text().splitlines()]
+    assert all(h["hyp"] == h["ref"] for h in hyps), hyps
+    assert report["macro"]["asr_wer_all"] == 0.0
+    assert report["macro"]["st_chrf_all"] == pytest.approx(100.0)  # BLEU: no 4-grams in 2-3 words
+    assert (run / "eval.md").exists()
+
+
+def test_save_load_identity_and_batched_equals_single(trained):
+    corpus, run, _ = trained
+    a, b = load(run), load(run)
+    waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
+    assert a.transcribe(waves, src_lang="de") == b.transcribe(waves, src_lang="de")
+    batched = a.translate(waves, src_lang="de")
+    assert batched == [a.translate(w, src_lang="de") for w in waves]
+    assert batched == ["EINS ZWEI DREI", "VIER FÜNF"]
+    beam = a.translate(waves, src_lang="de", options=DecodingOptions(beam_size=3))
+    assert beam == batched
+
+
+def test_only_encoder_and_lora_are_trainable(trained):
+    _, run, _ = trained
+    bundle = load_speech_llm(run)
+    model = bundle.model
+    assert not any(p.requires_grad for p in model.compressor.parameters())
+    names = [n for n, p in model.llm.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+
+
+def test_wrong_base_llm_is_a_clear_error(trained, tmp_path):
+    _, run, llm = trained
+    other = tiny_llm_folder(tmp_path / "other", CORPUS_WORDS, hidden=48)
+    cfg = (run / "config.yaml").read_text().replace(str(llm), str(other))
+    latest = run / (run / "latest").read_text().strip()
+    (latest / "config.yaml").write_text(cfg.replace(str(llm), str(other)))
+    try:
+        with pytest.raises(CheckpointError, match="weights hash"):
+            load_speech_llm(run)
+    finally:
+        (latest / "config.yaml").write_text((run / "config.yaml").read_text())
+
+
+def test_translate_cli_reports_bad_files_and_decodes_the_rest(trained, tmp_path, capsys):
+    _, run, _ = trained
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 20)
+    wave = tone_sequence(TWO_UTTERANCES[0][2])
+    t16 = np.arange(len(wave)) / 16000
+    t44 = np.arange(int(len(wave) * 44100 / 16000)) / 44100
+    resampled = np.interp(t44, t16, wave)
+    stereo = tmp_path / "stereo44k.flac"
+    sf.write(stereo, np.stack([resampled, resampled], 1), 44100)
+    code = main(["translate", str(empty), str(text), str(stereo), "--model", str(run),
+                 "--src-lang", "de"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "empty.wav" in err and "notes.wav" in err
+    assert out.strip().startswith(f"{stereo}\t") and len(out.strip().splitlines()) == 1
+    assert features_of(str(stereo)).shape[1] == 80
+
+
+def test_resume_gives_the_same_stage2_run(trained, tmp_path):
+    corpus, run, llm = trained
+    ctc = run.parent / "ctc"
+    common = ["--config", str(TINY), "--data", str(corpus)]
+    opts = ["train.max_steps=6", "speech_llm.dropout=0.1", "llm.lora_rank=2"]
+    straight, split = tmp_path / "a", tmp_path / "b"
+    for out, extra in ((straight, []), (split, ["train.max_minutes=0.000001"])):
+        assert main(["train", "speech-llm", *common, "--out", str(out), "--compressor", str(ctc),
+                     "--llm", str(llm), *opts, *extra]) == 0
+    assert main(["train", "speech-llm", "--out", str(split), "--resume", "train.max_minutes=0"]) == 0
+    from safetensors.torch import load_file
+
+    a = load_file(str(straight / "step-000006" / "model.safetensors"))
+    b = load_file(str(split / "step-000006" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
