@@ -78,7 +78,8 @@ def cmd_evaluate(args) -> int:
         if args.out:
             write_report(report, args.out, md)
     else:
-        report = evaluate_model(args.model, args.data, _decoding_options(args), out=args.out)
+        report = evaluate_model(args.model, args.data, _decoding_options(args), out=args.out,
+                                per_group=args.per_group)
         md = model_report_markdown(report)
     print(md)
     return 0
@@ -169,8 +170,8 @@ def cmd_data_librispeech(args) -> int:
 def cmd_demo(args) -> int:
     from .pipeline import run_demo
 
-    report = run_demo(args.out, config=args.config, overrides=args.overrides,
-                      sentences=args.sentences, numbers=args.numbers, langs=args.langs)
+    report = run_demo(args.out, sentences=args.sentences, numbers=args.numbers, langs=args.langs,
+                      procs=args.procs, control=args.control)
     print(f"report: {report}")
     return 0
 
@@ -220,11 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the default demo end to end (corpus, training, report)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--config", help="YAML experiment config (default: built-in defaults)")
     p.add_argument("--langs", default="de,fr,es,it,nl,cs")
     p.add_argument("--sentences", type=int, default=None, help="per language (default: all)")
     p.add_argument("--numbers", type=int, default=300, help="number expressions per language")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("--procs", type=int, default=2, help="training processes (torchrun ranks)")
+    p.add_argument("--control", action="store_true",
+                   help="also train the zero-audio control (same training, audio replaced by zeros)")
     p.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train a stage").add_subparsers(
@@ -244,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint, run or model folder")
     p.add_argument("--data", required=True, help="manifest (JSONL)")
     p.add_argument("--out", help="write OUT.md, OUT.json (and OUT.hyp.jsonl)")
+    p.add_argument("--per-group", type=int, help="score only the first N rows of each task, "
+                   "language pair and subset (numbers/sentences)")
     _add_decoding_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -263,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import CorpusError
+    from .pipeline import StageError
 
     try:
         return args.func(args)
-    except (ValueError, OSError, CorpusError) as e:  # our errors name the file, line or key
+    except (ValueError, OSError, CorpusError, StageError) as e:  # our errors name the file, line or key
         if os.environ.get("SPEECHLLAMA_DEBUG"):
             raise
         print(f"speechllama: error: {e}", file=sys.stderr)

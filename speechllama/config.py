@@ -36,11 +36,11 @@ class FeatureConfig:
 class CompressorConfig:
     """CTC compressor: 2 stride-2 Conv2D (4x subsampling, 40 ms a frame) + Transformer encoder."""
 
-    conv_channels: int = 128
-    d_model: int = 256
+    conv_channels: int = 32  # sized for the 2-core demo; configs/paper.yaml has a larger model
+    d_model: int = 192
     n_heads: int = 4
     n_layers: int = 4
-    ff_dim: int = 1024
+    ff_dim: int = 768
     dropout: float = 0.1
     vocab_size: int = 1000  # sentencepiece pieces incl. <blank>=0 and <unk>; see docs/design.md
 
@@ -72,21 +72,22 @@ class SpeechLLMConfig:
     dropout: float = 0.1
     unnamed_language_prob: float = 0.2  # share of training prompts that do not name the source language
     max_target_tokens: int = 96  # longer targets are skipped (counted) in training
+    zero_audio: bool = False  # control experiment: the LLM gets zeros in place of the audio
 
 
 @dataclass
 class DataConfig:
     train: str = ""  # training manifest (JSONL)
     dev: str = ""  # dev manifest; empty = no validation
-    max_frames: int = 6000  # cap on padded fbank frames per batch (batch size x longest row)
+    max_frames: int = 3000  # cap on padded fbank frames per batch (batch size x longest row)
     max_seconds: float = 20.0  # longer utterances are skipped (counted) in training
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 200
+    warmup_steps: int = 150
     max_steps: int = 2000
     grad_clip: float = 5.0
     bf16: bool = False  # bf16 autocast for the forward pass (CPU and CUDA)
@@ -124,6 +125,11 @@ def _check_choices(cfg: Any) -> None:
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value

@@ -136,9 +136,24 @@ def score_rows(rows: list[dict]) -> dict:
     return {"table": table, "macro": macro}
 
 
+def first_per_group(utts: list, per_group: int | None) -> list:
+    """The first ``per_group`` rows of each (task, language pair, numbers/sentences) group."""
+    if not per_group:
+        return utts
+    seen: dict[tuple, int] = defaultdict(int)
+    kept = []
+    for u in utts:
+        key = (u.task, u.src_lang, u.tgt_lang, subset_of(u.id))
+        if seen[key] < per_group:
+            seen[key] += 1
+            kept.append(u)
+    return kept
+
+
 def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
-                   out: str | Path | None = None, limit: int | None = None) -> dict:
-    """Decode every row of ``manifest`` with a Speech-LLaMA model and score it.
+                   out: str | Path | None = None, per_group: int | None = None) -> dict:
+    """Decode the rows of ``manifest`` (all, or the first ``per_group`` of each task, language
+    pair and subset) with a Speech-LLaMA model and score them.
 
     Writes ``OUT.hyp.jsonl``, ``OUT.json`` and ``OUT.md`` when ``out`` is given.
     """
@@ -148,7 +163,7 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     from .tasks.ctc import feature_cache_path
 
     model: SpeechToText = load(checkpoint) if options is None else load(checkpoint, options)
-    utts = read_manifest(manifest)[:limit]
+    utts = first_per_group(read_manifest(manifest), per_group)
     store = load_features([u.audio for u in utts], feature_cache_path(manifest))
     utts = [u for u in utts if u.audio in store]
     requests = [Request(store.get(u.audio), u.task, u.src_lang, u.tgt_lang) for u in utts]
@@ -160,7 +175,8 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     audio_s = sum(r.feats.shape[0] for r in requests) / 100
     report = {"checkpoint": str(model.bundle.path), "manifest": str(manifest),
               "decoding": dataclasses.asdict(model.options),
-              "rtfx": audio_s / max(seconds, 1e-9), "skipped_audio": store.errors, **score_rows(rows)}
+              "rtfx": audio_s / max(seconds, 1e-9), "skipped_audio": store.errors,
+              "parameters": parameter_counts(model.bundle.model), **score_rows(rows)}
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +185,15 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         write_report(report, out, model_report_markdown(report))
     return report
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable (audio encoder + LoRA, + compressor when fine-tuned) and total parameters."""
+    trainable = sum(p.numel() for p in model.encoder.parameters())
+    trainable += sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)
+    if not model.freeze_compressor:
+        trainable += sum(p.numel() for p in model.compressor.parameters())
+    return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}
 
 
 def model_report_markdown(report: dict) -> str:
@@ -183,5 +208,7 @@ def model_report_markdown(report: dict) -> str:
     sig = next((t["bleu_signature"] for t in report["table"] if "bleu_signature" in t), None)
     if sig:
         lines += ["", f"sacrebleu signature: `{sig}`"]
-    lines += [f"", f"Decoding speed: RTFx {report['rtfx']:.1f} (seconds of audio per second)."]
+    p = report["parameters"]
+    lines += ["", f"Decoding speed: RTFx {report['rtfx']:.1f} (seconds of audio per second of wall time).",
+              f"Parameters: {p['trainable'] / 1e6:.2f}M trainable of {p['total'] / 1e6:.1f}M."]
     return "\n".join(lines)

@@ -1,35 +1,68 @@
-"""The default demo, end to end: corpus -> stage 1 (CTC compressor) -> evaluation -> report.
+"""The default demo, end to end, as the CLI commands a user would run:
 
-Every stage writes under ``out`` and is skipped when already complete, so an interrupted demo
-continues where it stopped. Wall time per stage goes into the report.
+corpus -> stage 1 (CTC compressor) -> its evaluation -> stage 2 (audio encoder + LoRA on SmolLM2)
+-> evaluation on the test split -> the exported model translates and transcribes two test files.
+
+Training runs as ``torchrun --nproc_per_node N`` (default 2 one-thread processes: on this 2-core
+machine two DDP ranks train ~1.8x faster than one process with two threads, see bench/). Every
+stage is skipped when already complete and training resumes, so an interrupted demo continues.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .checkpoint import latest_checkpoint, read_json
-from .config import ExperimentConfig, load_config, save_config
+
+# Demo settings: sized so the whole demo fits ~25 minutes on 2 cores (see docs/design.md).
+STAGE1 = ["train.max_steps=1600", "train.max_minutes=7", "train.bf16=true",
+          "features.spec_augment=false", "train.checkpoint_every=400"]
+STAGE2 = ["train.max_steps=400", "train.max_minutes=6", "train.bf16=true", "train.lr=1e-3",
+          "train.warmup_steps=50", "features.spec_augment=false", "data.max_frames=1600",
+          "train.checkpoint_every=100", "train.log_every=10"]
+EVAL_PER_GROUP = 25  # test rows per (task, language pair, numbers/sentences): ~600 rows, ~3 min
 
 
-def _stage(name: str, timings: dict, out: Path):
-    """Context manager that times a stage and records it in out/timings.json."""
+class StageError(RuntimeError):
+    """A pipeline stage that failed in its own process (its messages are already printed)."""
 
-    class _Timer:
-        def __enter__(self):
-            print(f"\n== {name} ==", file=sys.stderr, flush=True)
-            self.start = time.time()
 
-        def __exit__(self, exc_type, *_):
-            if exc_type is None:
-                timings[name] = round(time.time() - self.start, 1) + timings.get(name, 0.0)
-                (out / "timings.json").write_text(json.dumps(timings, indent=1))
+class Timings:
+    """Wall time per stage, persisted in out/timings.json."""
 
-    return _Timer()
+    def __init__(self, out: Path):
+        self.file = out / "timings.json"
+        self.data = json.loads(self.file.read_text()) if self.file.exists() else {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        print(f"\n== {name} ==", file=sys.stderr, flush=True)
+        start = time.time()
+        result = fn(*args, **kwargs)
+        self.data[name] = round(self.data.get(name, 0.0) + time.time() - start, 1)
+        self.file.write_text(json.dumps(self.data, indent=1))
+        return result
+
+
+def _train(stage: str, run_dir: Path, args: list[str], procs: int) -> None:
+    """Run `speechllama train STAGE` (under torchrun when procs > 1), resuming if possible."""
+    cmd = [sys.executable, "-m", "speechllama", "train", stage, "--out", str(run_dir), "--resume"]
+    if procs > 1:
+        cmd[1:3] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                    "-m", "speechllama"]
+    env = dict(os.environ)
+    if procs > 1:
+        env["OMP_NUM_THREADS"] = "1"  # one thread per rank: the ranks are the parallelism
+    print("$ " + " ".join(cmd[1:] + args), file=sys.stderr, flush=True)
+    code = subprocess.run(cmd + args, env=env).returncode
+    if code != 0:
+        raise StageError(f"training stage '{stage}' failed (exit status {code}, messages above); "
+                         "rerun the same command to resume from the last checkpoint")
 
 
 def _finished(run_dir: Path, max_steps: int) -> bool:
@@ -37,59 +70,67 @@ def _finished(run_dir: Path, max_steps: int) -> bool:
     return last is not None and read_json(last / "trainer.json")["step"] >= max_steps
 
 
-def run_demo(out: str | os.PathLike = "runs/demo", config: str | None = None,
-             overrides: list[str] = (), sentences: int | None = None, numbers: int = 300,
-             langs: str = "de,fr,es,it,nl,cs") -> Path:
-    """Build the demo corpus, train and evaluate; returns the path of report.md."""
+def export_model(checkpoint: Path, out: Path) -> Path:
+    """Copy what inference needs (weights, config, CTC tokenizer) out of a training checkpoint."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("model.safetensors", "config.yaml", "tokenizer.model"):
+        shutil.copy2(checkpoint / name, tmp / name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", sentences: int | None = None,
+             numbers: int = 300, langs: str = "de,fr,es,it,nl,cs", procs: int = 2,
+             control: bool = False) -> Path:
+    """Build, train, evaluate; returns the path of report.md."""
     from .data import build_demo
-    from .evaluate import ctc_report_markdown, evaluate_ctc, write_report
-    from .tasks.ctc import CTCTask
-    from .train import fit
+    from .evaluate import ctc_report_markdown, evaluate_ctc, evaluate_model, write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings_file = out / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    data = out / "data"
-    with _stage("corpus", timings, out):
-        if not (data / "stats.json").exists():
-            build_demo(data, langs=tuple(langs.split(",")), sentences_per_lang=sentences,
-                       numbers_per_lang=numbers)
-        else:
-            print(f"{data}: already built", file=sys.stderr)
-    cfg: ExperimentConfig = load_config(config, [f"data.train={data / 'train.jsonl'}",
-                                                 f"data.dev={data / 'dev.jsonl'}", *overrides])
-    ctc_run = out / "ctc"
-    with _stage("stage 1: CTC compressor", timings, out):
-        if not _finished(ctc_run, cfg.train.max_steps):
-            last = latest_checkpoint(ctc_run) if ctc_run.exists() else None
-            if last is not None:
-                cfg = load_config(last / "config.yaml", list(overrides))
-            task = CTCTask(cfg, resume_from=last)
-            ctc_run.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, ctc_run / "config.yaml")
-            fit(task, cfg, ctc_run, resume=last is not None)
-    with _stage("evaluation", timings, out):
-        report = evaluate_ctc(ctc_run, data / "test.jsonl")
-        md = ctc_report_markdown(report)
-        write_report(report, out / "ctc-test", md)
-    print(md)
-    return _write_demo_report(out, data, report, timings)
+    t, data = Timings(out), out / "data"
+    if not (data / "stats.json").exists():
+        t.run("corpus", build_demo, data, langs=tuple(langs.split(",")),
+              sentences_per_lang=sentences, numbers_per_lang=numbers)
+    corpus = ["--data", str(data)]
+    t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", corpus + STAGE1, procs)
+    ctc = t.run("stage 1: evaluation", evaluate_ctc, out / "ctc", data / "test.jsonl")
+    write_report(ctc, out / "ctc-test", ctc_report_markdown(ctc))
+    runs = {"speech-llm": []} | ({"zero-audio control": ["speech_llm.zero_audio=true"]} if control else {})
+    reports = {}
+    for name, extra in runs.items():
+        run_dir = out / name.replace(" ", "-")
+        t.run(f"stage 2: {name}", _train, "speech-llm", run_dir,
+              corpus + ["--compressor", str(out / "ctc")] + STAGE2 + extra, procs)
+        model_dir = export_model(latest_checkpoint(run_dir),
+                                 out / ("model" if not extra else f"{run_dir.name}-model"))
+        reports[name] = t.run(f"evaluation: {name}", evaluate_model, model_dir, data / "test.jsonl",
+                              out=out / f"{run_dir.name}-test", per_group=EVAL_PER_GROUP)
+    examples = t.run("inference examples", _examples, out / "model", data / "test.jsonl")
+    from .report import demo_report
 
-
-def _write_demo_report(out: Path, data: Path, ctc: dict, timings: dict) -> Path:
-    from .evaluate import ctc_report_markdown
-
-    stats = json.loads((data / "stats.json").read_text())
-    lines = ["# speechllama demo report", "",
-             "Reproduce: `bash scripts/demo.sh` (or `speechllama demo --out runs/demo`).", "",
-             "## Corpus", "", "```", json.dumps(stats, indent=1, ensure_ascii=False)[:3000], "```",
-             "", "## Stage 1: CTC compressor on the test split (unseen sentences)", "",
-             ctc_report_markdown(ctc), "", "Examples (reference -> greedy CTC output):", ""]
-    lines += [f"- `{e['ref']}` -> `{e['hyp']}`" for e in ctc["examples"]]
-    lines += ["", "## Wall time per stage (seconds, this machine)", "",
-              "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    report.write_text(demo_report(out, data, ctc, reports, examples, t.data, EVAL_PER_GROUP))
+    print(report.read_text())
     return report
+
+
+def _examples(model_dir: Path, manifest: Path) -> list[dict]:
+    """Translate and transcribe two test recordings with the exported model; print them."""
+    from . import load
+    from .data import read_manifest
+
+    model = load(model_dir)
+    rows = [u for u in read_manifest(manifest) if u.task == "st"][:2]
+    translations = model.translate([u.audio for u in rows], src_lang=None)
+    transcripts = model.transcribe([u.audio for u in rows], src_lang=None)
+    examples = []
+    for u, tr, asr in zip(rows, translations, transcripts):
+        examples.append({"audio": u.audio, "src_text": u.src_text, "reference": u.tgt_text,
+                         "translation": tr, "transcript": asr})
+        print(f"{u.audio}\n  translate : {tr}\n  reference : {u.tgt_text}\n"
+              f"  transcribe: {asr}\n  source    : {u.src_text}", file=sys.stderr)
+    return examples

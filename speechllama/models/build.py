@@ -81,7 +81,7 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor):
     encoder = AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads,
                            s.encoder_layers, s.encoder_ff, s.dropout, llm.config.hidden_size)
     model = SpeechLLM(compressor, encoder, llm, s.compression, s.audio_mask == "causal",
-                      s.freeze_compressor)
+                      s.freeze_compressor, s.zero_audio)
     return model, tokenizer
 
 

@@ -28,11 +28,13 @@ class SpeechLLM(nn.Module):
     """Composes the parts it is given (see ``models/build.py`` for the wiring from a config)."""
 
     def __init__(self, compressor: CTCCompressor, encoder: AudioEncoder, llm: nn.Module,
-                 compression: str, causal_audio: bool, freeze_compressor: bool = True):
+                 compression: str, causal_audio: bool, freeze_compressor: bool = True,
+                 zero_audio: bool = False):
         super().__init__()
         self.compressor, self.encoder, self.llm = compressor, encoder, llm
         self.compression, self.causal_audio = compression, causal_audio
         self.freeze_compressor = freeze_compressor
+        self.zero_audio = zero_audio  # control: same layout and training, no audio information
         if freeze_compressor:
             self.compressor.requires_grad_(False)
 
@@ -47,7 +49,8 @@ class SpeechLLM(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_compressor):
             hidden, logits, n = self.compressor(feats, lengths)  # (B, T', C), (B, T', V_ctc)
             compressed, n = ctc_compress(hidden, logits, n, self.compression)  # (B, S, C)
-        return self.encoder(compressed, n), n  # (B, S, H)
+        audio = self.encoder(compressed, n)  # (B, S, H)
+        return (audio * 0 if self.zero_audio else audio), n
 
     def assemble(self, audio: torch.Tensor, audio_lengths: torch.Tensor,
                  before: Sequence[Sequence[int]], after: Sequence[Sequence[int]],

@@ -1,0 +1,65 @@
+"""The demo's Markdown report (runs/demo/report.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .evaluate import ctc_report_markdown
+
+
+def _pair_table(reports: dict) -> list[str]:
+    names = list(reports)
+    lines = ["| task | pair | subset | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---:|" * len(names)]
+    first = reports[names[0]]["table"]
+    for row in first:
+        metric = "bleu" if row["task"] == "st" else "wer"
+        cells = []
+        for name in names:
+            match = [r for r in reports[name]["table"] if (r["task"], r["pair"], r["subset"]) ==
+                     (row["task"], row["pair"], row["subset"])]
+            cells.append(f"{match[0][metric]:.1f}" if match else "")
+        label = "BLEU" if metric == "bleu" else "WER %"
+        lines.append(f"| {row['task']} ({label}) | {row['pair']} | {row['subset']} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[dict],
+                timings: dict, per_group: int) -> str:
+    stats = json.loads((data / "stats.json").read_text())
+    main = reports["speech-llm"]
+    params = main["parameters"]
+    lines = ["# speechllama demo report", "",
+             "Reproduce: `bash scripts/demo.sh` (= install, then `speechllama demo --out runs/demo`).",
+             "", "## Corpus", "",
+             f"Synthetic demo corpus (espeak-ng voices reading the human-translated Fish Fillets "
+             f"lines and num2words number expressions): "
+             + ", ".join(f"{k}: {v['audio_files']} recordings / {v['hours']:.2f} h"
+                         for k, v in stats["splits"].items()) + ".",
+             "", "## Speech-LLaMA on the test split (unseen sentences)", "",
+             f"Model: `{out / 'model'}`; trainable {params['trainable'] / 1e6:.2f}M of "
+             f"{params['total'] / 1e6:.1f}M parameters (audio encoder + LoRA; SmolLM2 and the "
+             f"CTC compressor frozen). Rows scored: the first {per_group} test rows of each task, "
+             f"language pair and subset (`speechllama evaluate --per-group {per_group}`).", ""]
+    lines += _pair_table(reports)
+    lines += ["", "Macro averages over language pairs:", "",
+              "| metric | " + " | ".join(reports) + " |", "|---|" + "---:|" * len(reports)]
+    for key in main["macro"]:
+        lines.append(f"| {key} | " + " | ".join(f"{r['macro'].get(key, float('nan')):.1f}"
+                                               for r in reports.values()) + " |")
+    sig = next((r["bleu_signature"] for r in main["table"] if "bleu_signature" in r), "")
+    lines += ["", f"sacrebleu: `{sig}`. WER/CER after `speechllama.text.normalize`.",
+              f"Decoding RTFx (greedy, batched): {main['rtfx']:.1f}.",
+              "", "## Stage 1: CTC compressor on the test split", "", ctc_report_markdown(ctc),
+              "", "## Two test files", ""]
+    for e in examples:
+        lines += [f"- `{Path(e['audio']).name}` ({e['src_text']})",
+                  f"  - translate: {e['translation']}  (reference: {e['reference']})",
+                  f"  - transcribe: {e['transcript']}"]
+    lines += ["", "## Wall time per stage (seconds, this machine)", "",
+              "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    lines += [f"| **total (without installation)** | **{sum(timings.values()):.0f}** |"]
+    return "\n".join(lines) + "\n"
