@@ -171,7 +171,7 @@ def cmd_demo(args) -> int:
     from .pipeline import run_demo
 
     report = run_demo(args.out, sentences=args.sentences, numbers=args.numbers, langs=args.langs,
-                      procs=args.procs, control=args.control)
+                      procs=args.procs, control=args.control, overrides=args.overrides)
     print(f"report: {report}")
     return 0
 
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=int, default=2, help="training processes (torchrun ranks)")
     p.add_argument("--control", action="store_true",
                    help="also train the zero-audio control (same training, audio replaced by zeros)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides for both training stages, e.g. train.max_steps=100")
     p.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train a stage").add_subparsers(

@@ -84,8 +84,11 @@ def export_model(checkpoint: Path, out: Path) -> Path:
 
 def run_demo(out: str | os.PathLike = "runs/demo", sentences: int | None = None,
              numbers: int = 300, langs: str = "de,fr,es,it,nl,cs", procs: int = 2,
-             control: bool = False) -> Path:
-    """Build, train, evaluate; returns the path of report.md."""
+             control: bool = False, overrides: list[str] = ()) -> Path:
+    """Build, train, evaluate; returns the path of report.md.
+
+    ``overrides`` (``section.key=value``) apply to both training stages, after the demo's own.
+    """
     from .data import build_demo
     from .evaluate import ctc_report_markdown, evaluate_ctc, evaluate_model, write_report
 
@@ -96,7 +99,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", sentences: int | None = None,
         t.run("corpus", build_demo, data, langs=tuple(langs.split(",")),
               sentences_per_lang=sentences, numbers_per_lang=numbers)
     corpus = ["--data", str(data)]
-    t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", corpus + STAGE1, procs)
+    t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", corpus + STAGE1 + list(overrides), procs)
     ctc = t.run("stage 1: evaluation", evaluate_ctc, out / "ctc", data / "test.jsonl")
     write_report(ctc, out / "ctc-test", ctc_report_markdown(ctc))
     runs = {"speech-llm": []} | ({"zero-audio control": ["speech_llm.zero_audio=true"]} if control else {})
@@ -104,7 +107,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", sentences: int | None = None,
     for name, extra in runs.items():
         run_dir = out / name.replace(" ", "-")
         t.run(f"stage 2: {name}", _train, "speech-llm", run_dir,
-              corpus + ["--compressor", str(out / "ctc")] + STAGE2 + extra, procs)
+              corpus + ["--compressor", str(out / "ctc")] + STAGE2 + extra + list(overrides), procs)
         model_dir = export_model(latest_checkpoint(run_dir),
                                  out / ("model" if not extra else f"{run_dir.name}-model"))
         reports[name] = t.run(f"evaluation: {name}", evaluate_model, model_dir, data / "test.jsonl",
