@@ -43,6 +43,9 @@ class CompressorConfig:
     ff_dim: int = 768
     dropout: float = 0.1
     vocab_size: int = 1000  # sentencepiece pieces incl. <blank>=0 and <unk>; see docs/design.md
+    char_layer: int = 2  # auxiliary character CTC on this layer's output; 0 = none
+    char_weight: float = 0.5  # its share of the stage-1 loss
+    char_vocab_size: int = 0  # resolved from the training transcripts
 
 
 @dataclass

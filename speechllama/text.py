@@ -42,20 +42,25 @@ class CTCTokenizer:
         self.sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> CTCTokenizer:
-        """Train a unigram model on normalised ``texts``; the size is capped by what the data allows."""
+    def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram") -> CTCTokenizer:
+        """Train a sentencepiece model ("unigram" pieces, or "char": one piece per character) on
+        normalised ``texts``; the size is capped by what the data allows."""
         buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter([normalize(t) for t in texts if normalize(t)]),
-            model_writer=buf,
-            vocab_size=vocab_size,
-            model_type="unigram",
-            character_coverage=1.0,
-            hard_vocab_limit=False,
-            pad_id=BLANK, pad_piece="<blank>", unk_id=UNK, bos_id=-1, eos_id=-1,
-            num_threads=1,
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter([normalize(t) for t in texts if normalize(t)]),
+                model_writer=buf,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=1.0,
+                hard_vocab_limit=False,
+                pad_id=BLANK, pad_piece="<blank>", unk_id=UNK, bos_id=-1, eos_id=-1,
+                num_threads=1,
+                minloglevel=2,
+            )
+        except RuntimeError as e:  # e.g. fewer pieces than distinct characters
+            raise ValueError(f"cannot train the CTC vocabulary (compressor.vocab_size="
+                             f"{vocab_size}): {str(e).split(']')[-1].strip()}") from e
         return cls(buf.getvalue())
 
     @property

@@ -17,7 +17,7 @@ from .ctc_compressor import CTCCompressor
 def build_compressor(cfg: ExperimentConfig) -> CTCCompressor:
     c = cfg.compressor
     return CTCCompressor(cfg.features.n_mels, c.conv_channels, c.d_model, c.n_heads, c.n_layers,
-                         c.ff_dim, c.dropout, c.vocab_size)
+                         c.ff_dim, c.dropout, c.vocab_size, c.char_vocab_size, c.char_layer)
 
 
 @dataclass

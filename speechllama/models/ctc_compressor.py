@@ -43,22 +43,36 @@ class Conv2dSubsampling(nn.Module):
 
 
 class CTCCompressor(nn.Module):
-    """2 Conv2D (stride 2 each) + Transformer layers + a linear CTC head."""
+    """2 Conv2D (stride 2 each) + Transformer layers + a linear CTC head.
+
+    With ``char_layer = k > 0`` an auxiliary character CTC head reads the output of layer k
+    (hierarchical CTC): dense character supervision low in the stack makes the subword head on
+    top learn much faster on small data (docs/design.md). Only the subword head compresses.
+    """
 
     def __init__(self, n_mels: int, conv_channels: int, d_model: int, n_heads: int,
-                 n_layers: int, ff_dim: int, dropout: float, vocab_size: int):
+                 n_layers: int, ff_dim: int, dropout: float, vocab_size: int,
+                 char_vocab_size: int = 0, char_layer: int = 0):
         super().__init__()
         self.subsample = Conv2dSubsampling(n_mels, conv_channels, d_model)
         self.encoder = TransformerStack(d_model, n_heads, n_layers, ff_dim, dropout)
         self.ctc_head = nn.Linear(d_model, vocab_size)
+        self.char_layer = char_layer if char_vocab_size else 0
+        if self.char_layer:
+            self.char_head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, char_vocab_size))
         self.d_model = d_model
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
-        """feats (B, T, F), lengths (B,) -> hidden (B, T', C), logits (B, T', V), lengths (B,)."""
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor, with_chars: bool = False):
+        """feats (B, T, F), lengths (B,) -> hidden (B, T', C), logits (B, T', V), lengths (B,)
+        [, character logits (B, T', V_char) when ``with_chars``]."""
         x = self.subsample(feats)  # (B, T, F) -> (B, T', C)
         out_lengths = subsampled_lengths(lengths).clamp(max=x.shape[1])
-        hidden = self.encoder(x, out_lengths)
-        return hidden, self.ctc_head(hidden), out_lengths
+        if not with_chars:
+            hidden = self.encoder(x, out_lengths)
+            return hidden, self.ctc_head(hidden), out_lengths
+        hidden, tapped = self.encoder(x, out_lengths, tap=self.char_layer)
+        return hidden, self.ctc_head(hidden), out_lengths, self.char_head(tapped)
+
 
 def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
              target_lengths: torch.Tensor) -> torch.Tensor:

@@ -24,13 +24,20 @@ class TransformerStack(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, ff_dim: int, dropout: float):
         super().__init__()
-        layer = nn.TransformerEncoderLayer(
-            d_model, n_heads, ff_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(d_model, n_heads, ff_dim, dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(n_layers)
         )
-        self.layers = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, tap: int = 0):
+        """x (B, T, C), lengths (B,) -> (B, T, C); with ``tap=k`` also the output of layer k."""
         pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]  # (B, T)
         x = x + sinusoids(x.shape[1], x.shape[2]).to(x.device, x.dtype)
-        return self.norm(self.layers(x, src_key_padding_mask=pad))
+        tapped = None
+        for i, layer in enumerate(self.layers, start=1):
+            x = layer(x, src_key_padding_mask=pad)
+            if i == tap:
+                tapped = x
+        return (self.norm(x), tapped) if tap else self.norm(x)

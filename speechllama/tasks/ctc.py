@@ -46,11 +46,19 @@ class CTCTask:
                  rank: int = 0, world_size: int = 1, progress: bool = True):
         self.cfg = cfg
         recs, self.store = recordings(cfg.data.train, progress=progress and rank == 0)
+        c = cfg.compressor
         if resume_from is not None:
             self.tokenizer = CTCTokenizer((resume_from / "tokenizer.model").read_bytes())
         else:
-            self.tokenizer = CTCTokenizer.train([r[1] for r in recs], cfg.compressor.vocab_size)
-        cfg.compressor.vocab_size = self.tokenizer.vocab_size  # resolved (data may allow fewer)
+            self.tokenizer = CTCTokenizer.train([r[1] for r in recs], c.vocab_size)
+        c.vocab_size = self.tokenizer.vocab_size  # resolved (data may allow fewer)
+        self.chars = None
+        if c.char_layer:
+            if resume_from is not None:
+                self.chars = CTCTokenizer((resume_from / "char_tokenizer.model").read_bytes())
+            else:
+                self.chars = CTCTokenizer.train([r[1] for r in recs], 512, model_type="char")
+            c.char_vocab_size = self.chars.vocab_size
         self.cmvn = CMVN.from_features(self.store.get(r[0]) for r in recs)
         self.items, skipped = self._usable(recs, self.store)
         if skipped and rank == 0:
@@ -58,7 +66,7 @@ class CTCTask:
                   f"data.max_seconds, or too short for their transcript under CTC)", file=sys.stderr)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
         self.model = build_compressor(cfg)
-        frames = [self.store.num_frames(p) for p, _ in self.items]
+        frames = [self.store.num_frames(item[0]) for item in self.items]
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
                                            rank=rank, world_size=world_size)
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
@@ -68,33 +76,39 @@ class CTCTask:
         max_frames = int(self.cfg.data.max_seconds * 100)
         for path, text, _ in recs:
             tokens = self.tokenizer.encode(text)
+            chars = self.chars.encode(text) if self.chars else tokens
             n = store.num_frames(path)
-            fits = int(subsampled_lengths(torch.tensor(n))) >= max(1, len(tokens))
+            fits = int(subsampled_lengths(torch.tensor(n))) >= max(1, len(tokens), len(chars))
             if tokens and fits and n <= max_frames:
-                items.append((path, tokens))
+                items.append((path, tokens, chars))
             else:
                 skipped += 1
         return items, skipped
 
-    def batch(self, indices: list[int]):
+    def loss(self, model: nn.Module, indices: list[int]):
         feats, lengths = pad_feats([self.cmvn(self.store.get(self.items[i][0])) for i in indices])
         targets, target_lengths = pad_tokens([self.items[i][1] for i in indices])
-        return feats, lengths, targets, target_lengths
-
-    def loss(self, model: nn.Module, indices: list[int]):
-        feats, lengths, targets, target_lengths = self.batch(indices)
         f = self.cfg.features
         if f.spec_augment:
             feats = spec_augment(feats, lengths, freq_masks=f.freq_masks, freq_width=f.freq_width,
                                  time_masks=f.time_masks, time_width_ratio=f.time_width_ratio,
                                  generator=self.generator)
-        _, logits, out_lengths = model(feats, lengths)
-        loss = ctc_loss(logits, out_lengths, targets, target_lengths)
+        if not self.chars:
+            _, logits, out_lengths = model(feats, lengths)
+            loss = ctc_loss(logits, out_lengths, targets, target_lengths)
+        else:
+            _, logits, out_lengths, char_logits = model(feats, lengths, with_chars=True)
+            chars, char_lengths = pad_tokens([self.items[i][2] for i in indices])
+            w = self.cfg.compressor.char_weight
+            loss = ((1 - w) * ctc_loss(logits, out_lengths, targets, target_lengths)
+                    + w * ctc_loss(char_logits, out_lengths, chars, char_lengths))
         return loss, {"items": len(indices), "tokens": int(target_lengths.sum())}
 
     def save(self, folder: Path, model: nn.Module) -> None:
         save_tensors(compressor_state(model, self.cmvn), folder / "model.safetensors")
         (folder / "tokenizer.model").write_bytes(self.tokenizer.model_proto)
+        if self.chars:
+            (folder / "char_tokenizer.model").write_bytes(self.chars.model_proto)
 
     def load(self, folder: Path, model: nn.Module) -> None:
         tensors = load_tensors(folder / "model.safetensors")
