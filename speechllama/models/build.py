@@ -38,6 +38,11 @@ def compressor_state(model: CTCCompressor, cmvn: CMVN) -> dict[str, torch.Tensor
     return sd
 
 
+def _short(error: Exception, limit: int = 400) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def split_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
@@ -57,7 +62,7 @@ def load_compressor(path: str | Path) -> CompressorBundle:
     try:
         model.load_state_dict(split_state(tensors, "compressor"))
     except RuntimeError as e:
-        raise CheckpointError(f"{folder}: weights do not match config.yaml: {e}") from e
+        raise CheckpointError(f"{folder}: weights do not match config.yaml: {_short(e)}") from e
     model.eval()
     cmvn = CMVN.from_state_dict(split_state(tensors, "cmvn"))
     return CompressorBundle(model, cmvn, CTCTokenizer(tok_file.read_bytes()), cfg, folder)
@@ -134,7 +139,7 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
     try:
         load_speech_llm_weights(model, tensors)
     except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{folder}: weights do not match config.yaml: {e}") from e
+        raise CheckpointError(f"{folder}: weights do not match config.yaml: {_short(e)}") from e
     model.eval()
     return SpeechLLMBundle(model, tokenizer, CMVN.from_state_dict(split_state(tensors, "cmvn")),
                            cfg, folder)
