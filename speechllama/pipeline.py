@@ -50,7 +50,11 @@ class Timings:
 
 
 def _train(stage: str, run_dir: Path, args: list[str], procs: int) -> None:
-    """Run `speechllama train STAGE` (under torchrun when procs > 1), resuming if possible."""
+    """Run `speechllama train STAGE` (under torchrun when procs > 1), resuming if possible;
+    a run that already ended is left as it is (continue one with `speechllama train --resume`)."""
+    if _finished(run_dir):
+        print(f"{run_dir}: already trained", file=sys.stderr)
+        return
     cmd = [sys.executable, "-m", "speechllama", "train", stage, "--out", str(run_dir), "--resume"]
     if procs > 1:
         cmd[1:3] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
@@ -65,18 +69,24 @@ def _train(stage: str, run_dir: Path, args: list[str], procs: int) -> None:
                          "rerun the same command to resume from the last checkpoint")
 
 
-def _finished(run_dir: Path, max_steps: int) -> bool:
+def _finished(run_dir: Path) -> bool:
+    """True when the run's last checkpoint ended training (max_steps or max_minutes reached)."""
     last = latest_checkpoint(run_dir) if run_dir.exists() else None
-    return last is not None and read_json(last / "trainer.json")["step"] >= max_steps
+    return last is not None and bool(read_json(last / "trainer.json").get("final"))
 
 
 def export_model(checkpoint: Path, out: Path) -> Path:
-    """Copy what inference needs (weights, config, CTC tokenizer) out of a training checkpoint."""
+    """Copy what inference needs (weights, config, CTC tokenizer) out of a training checkpoint;
+    nothing to do when ``out`` already holds this checkpoint."""
+    source = out / "source.txt"
+    if source.exists() and source.read_text() == str(checkpoint.resolve()):
+        return out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in ("model.safetensors", "config.yaml", "tokenizer.model"):
         shutil.copy2(checkpoint / name, tmp / name)
+    (tmp / "source.txt").write_text(str(checkpoint.resolve()))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
@@ -100,8 +110,13 @@ def run_demo(out: str | os.PathLike = "runs/demo", sentences: int | None = None,
               sentences_per_lang=sentences, numbers_per_lang=numbers)
     corpus = ["--data", str(data)]
     t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", corpus + STAGE1 + list(overrides), procs)
-    ctc = t.run("stage 1: evaluation", evaluate_ctc, out / "ctc", data / "test.jsonl")
-    write_report(ctc, out / "ctc-test", ctc_report_markdown(ctc))
+    ctc_file = out / "ctc-test.json"
+    last_ctc = latest_checkpoint(out / "ctc") / "model.safetensors"
+    if ctc_file.exists() and ctc_file.stat().st_mtime > last_ctc.stat().st_mtime:
+        ctc = json.loads(ctc_file.read_text())
+    else:
+        ctc = t.run("stage 1: evaluation", evaluate_ctc, out / "ctc", data / "test.jsonl")
+        write_report(ctc, out / "ctc-test", ctc_report_markdown(ctc))
     runs = {"speech-llm": []} | ({"zero-audio control": ["speech_llm.zero_audio=true"]} if control else {})
     reports = {}
     for name, extra in runs.items():
@@ -110,8 +125,13 @@ def run_demo(out: str | os.PathLike = "runs/demo", sentences: int | None = None,
               corpus + ["--compressor", str(out / "ctc")] + STAGE2 + extra + list(overrides), procs)
         model_dir = export_model(latest_checkpoint(run_dir),
                                  out / ("model" if not extra else f"{run_dir.name}-model"))
-        reports[name] = t.run(f"evaluation: {name}", evaluate_model, model_dir, data / "test.jsonl",
-                              out=out / f"{run_dir.name}-test", per_group=EVAL_PER_GROUP)
+        result = out / f"{run_dir.name}-test.json"
+        if result.exists() and result.stat().st_mtime > (model_dir / "model.safetensors").stat().st_mtime:
+            reports[name] = json.loads(result.read_text())  # this model was already evaluated
+        else:
+            reports[name] = t.run(f"evaluation: {name}", evaluate_model, model_dir,
+                                  data / "test.jsonl", out=result.with_suffix(""),
+                                  per_group=EVAL_PER_GROUP)
     examples = t.run("inference examples", _examples, out / "model", data / "test.jsonl")
     from .report import demo_report
 

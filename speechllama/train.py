@@ -60,7 +60,7 @@ def lr_lambda(warmup: int, total: int):
 
 
 def _save(task: Task, cfg: ExperimentConfig, run_dir: Path, step: int, model: nn.Module,
-          opt, sched) -> Path:
+          opt, sched, final: bool) -> Path:
     def write(folder: Path) -> None:
         task.save(folder, model)
         save_config(cfg, folder / "config.yaml")
@@ -69,7 +69,7 @@ def _save(task: Task, cfg: ExperimentConfig, run_dir: Path, step: int, model: nn
         rng.update({f"rng.task.{k}": v for k, v in task.rng_state().items()})
         ckpt.save_tensors({**tensors, **rng}, folder / "trainer.safetensors")
         ckpt.write_json(folder / "trainer.json", {
-            "step": step, "sampler": task.sampler.state_dict(),
+            "step": step, "final": final, "sampler": task.sampler.state_dict(),
             "scheduler": sched.state_dict(), "optimizer": meta})
 
     return ckpt.save_checkpoint(run_dir, step, write, keep=cfg.train.keep_checkpoints)
@@ -142,7 +142,8 @@ def fit(task: Task, cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: b
         stop = _should_stop(tc.max_minutes, elapsed, world)
         if step % tc.checkpoint_every == 0 or step == tc.max_steps or stop:
             if rank == 0:
-                saved = _save(task, cfg, run_dir, step, model, opt, sched)
+                saved = _save(task, cfg, run_dir, step, model, opt, sched,
+                              final=stop or step == tc.max_steps)
             if world > 1:
                 dist.barrier()
         if stop:
