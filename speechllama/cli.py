@@ -48,6 +48,8 @@ def cmd_train(args) -> int:
     if getattr(args, "llm", None):
         args.overrides.append(f"llm.path={args.llm}")
     cfg, last = _resolve_config(args)
+    if cfg.llm.init == "scratch" and not cfg.llm.path:
+        cfg.llm.path = str(Path(args.out) / "llm-init")  # created by the task, kept with the run
     rank, world = distributed_env()
     if args.train_command == "ctc":
         from .tasks.ctc import CTCTask as Task

@@ -58,6 +58,12 @@ class LLMConfig:
     lora_alpha: float = 0.0  # 0 = equal to the rank (scaling 1)
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     system_prompt: str = "You transcribe and translate speech."  # short: the default one costs ~20 tokens
+    init: str = "pretrained"  # pretrained: frozen + LoRA | scratch: a small LLaMA trained fully
+    scratch_hidden: int = 256  # sizes of the from-scratch LLaMA (llm.init=scratch)
+    scratch_layers: int = 4
+    scratch_heads: int = 4
+    scratch_ff: int = 1024
+    scratch_vocab: int = 1000  # its sentencepiece-unigram vocabulary, trained on the target texts
 
 
 @dataclass
@@ -114,6 +120,7 @@ class ExperimentConfig:
 CHOICES = {  # string fields with a closed set of values
     "speech_llm.compression": ("average", "remove_blank", "none"),
     "speech_llm.audio_mask": ("non_causal", "causal"),
+    "llm.init": ("pretrained", "scratch"),
 }
 
 

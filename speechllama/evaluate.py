@@ -188,11 +188,9 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Trainable (audio encoder + LoRA, + compressor when fine-tuned) and total parameters."""
-    trainable = sum(p.numel() for p in model.encoder.parameters())
-    trainable += sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)
-    if not model.freeze_compressor:
-        trainable += sum(p.numel() for p in model.compressor.parameters())
+    """Trainable (audio encoder + LoRA or the whole from-scratch LLM, + the compressor when it is
+    fine-tuned) and total parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}
 
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import latest_checkpoint, read_json
+from .config import load_config, save_config
 
 # Demo settings: sized so the whole demo fits ~25 minutes on 2 cores (see docs/design.md).
 STAGE1 = ["train.max_steps=1600", "train.max_minutes=7", "train.bf16=true",
@@ -86,6 +87,11 @@ def export_model(checkpoint: Path, out: Path) -> Path:
     tmp.mkdir(parents=True)
     for name in ("model.safetensors", "config.yaml", "tokenizer.model"):
         shutil.copy2(checkpoint / name, tmp / name)
+    cfg = load_config(tmp / "config.yaml")
+    if cfg.llm.init == "scratch":  # the model carries its own LLM (config, tokenizer)
+        shutil.copytree(cfg.llm.path, tmp / "llm")
+        cfg.llm.path = "llm"  # relative to the model folder
+        save_config(cfg, tmp / "config.yaml")
     (tmp / "source.txt").write_text(str(checkpoint.resolve()))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

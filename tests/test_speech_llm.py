@@ -116,3 +116,26 @@ def test_resume_gives_the_same_stage2_run(trained, tmp_path):
     a = load_file(str(straight / "step-000006" / "model.safetensors"))
     b = load_file(str(split / "step-000006" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_decoder_only_from_scratch_overfits_and_exports(trained, tmp_path):
+    """llm.init=scratch: a small random LLaMA with its own tokenizer, every weight trained."""
+    from speechllama.pipeline import export_model
+    from speechllama.checkpoint import latest_checkpoint
+
+    corpus, run, _ = trained
+    out = tmp_path / "scratch"
+    assert main(["train", "speech-llm", "--config", str(TINY), "--data", str(corpus), "--out",
+                 str(out), "--compressor", str(run.parent / "ctc"), "llm.init=scratch",
+                 "llm.lora_rank=0", "llm.scratch_hidden=32", "llm.scratch_layers=2",
+                 "llm.scratch_heads=2", "llm.scratch_ff=64", "llm.scratch_vocab=30",
+                 "train.max_steps=200", "train.lr=0.005", "features.spec_augment=false"]) == 0
+    model_dir = export_model(latest_checkpoint(out), tmp_path / "model")
+    assert (model_dir / "llm" / "config.json").exists()
+    model = load(model_dir)
+    llm_params = sum(p.numel() for p in model.bundle.model.llm.parameters())
+    trainable = sum(p.numel() for p in model.bundle.model.parameters() if p.requires_grad)
+    assert trainable == llm_params + sum(p.numel() for p in model.bundle.model.encoder.parameters())
+    waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
+    assert model.transcribe(waves, src_lang="de") == ["eins zwei drei", "vier fünf"]
+    assert model.translate(waves, src_lang="de") == load(model_dir).translate(waves, src_lang="de")

@@ -68,21 +68,26 @@ def load_compressor(path: str | Path) -> CompressorBundle:
     return CompressorBundle(model, cmvn, CTCTokenizer(tok_file.read_bytes()), cfg, folder)
 
 
-def resolve_llm_path(cfg: ExperimentConfig) -> Path:
+def resolve_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
+    """``llm.path`` (relative paths against ``base``, a model folder), or the default SmolLM2."""
     from .llm import default_llm_path
 
-    return Path(cfg.llm.path) if cfg.llm.path else default_llm_path()
+    if not cfg.llm.path:
+        return default_llm_path()
+    path = Path(cfg.llm.path)
+    return base / path if base is not None and not path.is_absolute() else path
 
 
-def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor):
+def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None):
     """SpeechLLM from a config and a (trained) compressor; returns (model, LLM tokenizer)."""
     from .audio_encoder import AudioEncoder
     from .llm import load_llm
     from .speech_llm import SpeechLLM
 
     s, l = cfg.speech_llm, cfg.llm
-    llm, tokenizer = load_llm(resolve_llm_path(cfg), lora_rank=l.lora_rank,
-                              lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets))
+    llm, tokenizer = load_llm(resolve_llm_path(cfg, base), lora_rank=l.lora_rank,
+                              lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets),
+                              train_base=l.init == "scratch")
     encoder = AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads,
                            s.encoder_layers, s.encoder_ff, s.dropout, llm.config.hidden_size)
     model = SpeechLLM(compressor, encoder, llm, s.compression, s.audio_mask == "causal",
@@ -129,13 +134,13 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
     tensors = load_tensors(folder / "model.safetensors")
     if not any(k.startswith("encoder.") for k in tensors):
         raise CheckpointError(f"{folder}: not a Speech-LLM checkpoint (no audio encoder weights)")
-    llm_path = resolve_llm_path(cfg)
+    llm_path = resolve_llm_path(cfg, folder)
     if check_hash and cfg.llm.weights_hash and weights_hash(llm_path) != cfg.llm.weights_hash:
         raise CheckpointError(
             f"{folder}: trained on a base LLM with weights hash {cfg.llm.weights_hash[:12]}..., "
             f"but {llm_path} has {weights_hash(llm_path)[:12]}... (a different model or version)")
     torch.manual_seed(0)  # deterministic placeholders before the weights are copied in
-    model, tokenizer = build_speech_llm(cfg, build_compressor(cfg))
+    model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder)
     try:
         load_speech_llm_weights(model, tensors)
     except (RuntimeError, ValueError) as e:

@@ -171,8 +171,10 @@ def load_llm(
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
     lora_dropout: float = 0.0,
     dtype: torch.dtype = torch.float32,
+    train_base: bool = False,
 ) -> tuple[nn.Module, "PreTrainedTokenizerBase"]:
     """Load a local Hugging Face causal LM (LLaMA family) with frozen weights and, if ``lora_rank > 0``, LoRA.
+    ``train_base=True`` (a model trained from scratch) leaves every weight trainable and takes no LoRA.
 
     ``lora_alpha=None`` means ``lora_alpha = lora_rank`` (LoRA scaling 1). LoRA's B matrices start at zero, so
     the wrapped model computes exactly what the base model does until it is trained. Returns
@@ -198,6 +200,10 @@ def load_llm(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
+    if train_base:
+        if lora_rank:
+            raise ValueError("a fully trained LLM takes no LoRA: set llm.lora_rank=0")
+        return model, tokenizer
     model.requires_grad_(False)
     if lora_rank > 0:
         from peft import LoraConfig, get_peft_model
@@ -323,3 +329,40 @@ def instruction(task: str, src_lang: str | None, tgt_lang: str | None = None) ->
             raise ValueError(f"task {task!r} needs a target language")
         return f"Translate {source} into {language_name(tgt_lang)}."
     raise ValueError(f"unknown task {task!r}; expected one of {TRANSCRIBE_TASKS + TRANSLATE_TASKS}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A small LLaMA trained from scratch (the paper's decoder-only baseline)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def create_scratch_llm(folder: str | os.PathLike, texts: list[str], hidden: int, layers: int,
+                       heads: int, ff_dim: int, vocab_size: int, seed: int = 0) -> Path:
+    """Write a randomly initialised LLaMA and a sentencepiece-unigram tokenizer trained on ``texts``
+    (the target side of the training data) as a Hugging Face folder; atomic, reused if present."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return folder
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    sp = SentencePieceUnigramTokenizer()
+    sp.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
+                           show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, unk_token="<unk>",
+                                        bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ff_dim,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=heads, max_position_embeddings=2048,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    LlamaForCausalLM(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another rank wrote the same folder first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

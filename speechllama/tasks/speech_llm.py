@@ -17,7 +17,7 @@ from ..data.batching import LengthBucketSampler, pad_feats
 from ..data.features import load_features
 from ..models.build import (build_speech_llm, load_compressor, load_speech_llm_weights,
                             resolve_llm_path, speech_llm_state)
-from ..models.llm import build_prompt, instruction, weights_hash
+from ..models.llm import build_prompt, create_scratch_llm, instruction, weights_hash
 from .ctc import feature_cache_path
 
 
@@ -51,12 +51,19 @@ class SpeechLLMTask:
         bundle = load_compressor(s.compressor)
         cfg.compressor, cfg.features.n_mels = bundle.config.compressor, bundle.config.features.n_mels
         self.cfg, self.cmvn, self.ctc_tokenizer = cfg, bundle.cmvn, bundle.tokenizer
+        rows = read_manifest(cfg.data.train)
+        if cfg.llm.init == "scratch":
+            if not cfg.llm.path:
+                raise ValueError("llm.init=scratch needs llm.path: the folder to create it in")
+            lc = cfg.llm
+            create_scratch_llm(lc.path, [u.tgt_text for u in rows], lc.scratch_hidden,
+                               lc.scratch_layers, lc.scratch_heads, lc.scratch_ff, lc.scratch_vocab,
+                               cfg.train.seed)
         llm_path = resolve_llm_path(cfg)
         cfg.llm.path, cfg.llm.weights_hash = str(llm_path), weights_hash(llm_path)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
         self.model, self.tokenizer = build_speech_llm(cfg, bundle.model)
         self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
-        rows = read_manifest(cfg.data.train)
         self.store = load_features([u.audio for u in rows], feature_cache_path(cfg.data.train),
                                    progress=progress and rank == 0)
         self.items = self._usable(rows, rank)
