@@ -70,8 +70,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import (ctc_report_markdown, evaluate_ctc, evaluate_model,
-                           model_report_markdown, write_report)
+    from .evaluate import (
+        ctc_report_markdown,
+        evaluate_ctc,
+        evaluate_model,
+        model_report_markdown,
+        write_report,
+    )
     from .models.build import checkpoint_kind
 
     if args.what == "ctc" or checkpoint_kind(args.model) == "ctc":

@@ -106,7 +106,12 @@ def run_demo(out: str | os.PathLike = "runs/demo", sentences: int | None = None,
     ``overrides`` (``section.key=value``) apply to both training stages, after the demo's own.
     """
     from .data import build_demo
-    from .evaluate import ctc_report_markdown, evaluate_ctc, evaluate_model, write_report
+    from .evaluate import (
+        ctc_report_markdown,
+        evaluate_ctc,
+        evaluate_model,
+        write_report,
+    )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

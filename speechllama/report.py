@@ -34,8 +34,8 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
     lines = ["# speechllama demo report", "",
              "Reproduce: `bash scripts/demo.sh` (= install, then `speechllama demo --out runs/demo`).",
              "", "## Corpus", "",
-             f"Synthetic demo corpus (espeak-ng voices reading the human-translated Fish Fillets "
-             f"lines and num2words number expressions): "
+             "Synthetic demo corpus (espeak-ng voices reading the human-translated Fish Fillets "
+             "lines and num2words number expressions): "
              + ", ".join(f"{k}: {v['audio_files']} recordings / {v['hours']:.2f} h"
                          for k, v in stats["splits"].items()) + ".",
              "", "## Speech-LLaMA on the test split (unseen sentences)", "",

@@ -19,10 +19,10 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, save_config
+from .progress import progress
 
 
 class Task(Protocol):
@@ -112,8 +112,7 @@ def fit(task: Task, cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: b
     wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     device_type = "cuda" if next(model.parameters()).is_cuda else "cpu"
     log = open(run_dir / "log.jsonl", "a") if rank == 0 else None
-    bar = tqdm(total=tc.max_steps, initial=step, disable=rank != 0, desc="train", unit="step",
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = progress(total=tc.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
     start, seen, batches = time.time(), {"items": 0, "tokens": 0}, iter(task.sampler)
     wrapped.train()
     saved = last

@@ -1,7 +1,5 @@
 """Tests for speechllama.audio: loading, validation, Kaldi-compatible fbank, CMVN, SpecAugment."""
 
-import os
-import struct
 
 import numpy as np
 import pytest
@@ -9,12 +7,12 @@ import soundfile as sf
 import torch
 
 from speechllama.audio import (
+    CMVN,
     HOP_LENGTH,
     MIN_SECONDS,
     N_MELS,
     SAMPLE_RATE,
     WIN_LENGTH,
-    CMVN,
     AudioError,
     fbank,
     load_audio,

@@ -6,15 +6,13 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import load_file
 
-from conftest import TINY
 from speechllama.cli import main
 from speechllama.config import load_config
 from speechllama.evaluate import evaluate_ctc
 from speechllama.models.build import build_compressor, load_compressor
-from speechllama.tasks.ctc import CTCTask
-from speechllama.train import fit
 
 
 def weights(run_dir):

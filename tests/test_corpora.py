@@ -8,8 +8,15 @@ import pytest
 import soundfile as sf
 
 from speechllama.audio import load_audio
-from speechllama.data import CorpusError, build_demo, build_fillets_speech, read_dialogues, read_manifest, split_of
-from speechllama.data import demo
+from speechllama.data import (
+    CorpusError,
+    build_demo,
+    build_fillets_speech,
+    demo,
+    read_dialogues,
+    read_manifest,
+    split_of,
+)
 
 # Real formats (see /usr/share/games/fillets-ng/script/*/dialogs_*.lua): English text is the
 # third dialogId argument; other languages repeat the dialogId and follow it with dialogStr.

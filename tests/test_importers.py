@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechllama.data import CorpusError, check_manifest, import_covost2, import_librispeech, read_manifest
+from speechllama.data import (
+    CorpusError,
+    check_manifest,
+    import_covost2,
+    import_librispeech,
+    read_manifest,
+)
 
 CAN_WRITE_MP3 = "MP3" in sf.available_formats()
 

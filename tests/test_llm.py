@@ -4,13 +4,18 @@ import os
 
 import pytest
 import torch
+from conftest import LLM_WORDS, tiny_llm_folder, tiny_tokenizer
 from transformers import LlamaForCausalLM, ViTConfig
 
-from conftest import LLM_WORDS, tiny_llm_folder, tiny_tokenizer
 from speechllama.decode import DecodingOptions, generate
 from speechllama.models import llm
 from speechllama.models.llm import (
-    audio_text_mask, build_prompt, instruction, load_llm, load_trainable_state_dict, trainable_state_dict,
+    audio_text_mask,
+    build_prompt,
+    instruction,
+    load_llm,
+    load_trainable_state_dict,
+    trainable_state_dict,
     weights_hash,
 )
 

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechllama.data import ManifestError, Utterance, check_manifest, read_manifest, split_of, write_manifest
+from speechllama.data import (
+    ManifestError,
+    Utterance,
+    check_manifest,
+    read_manifest,
+    split_of,
+    write_manifest,
+)
 
 
 def noise_wav(path, seconds=0.5, sample_rate=16000, seed=0):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, tone_sequence
+
 from speechllama import load
 from speechllama.checkpoint import CheckpointError
 from speechllama.cli import main
@@ -120,8 +120,8 @@ def test_resume_gives_the_same_stage2_run(trained, tmp_path):
 
 def test_decoder_only_from_scratch_overfits_and_exports(trained, tmp_path):
     """llm.init=scratch: a small random LLaMA with its own tokenizer, every weight trained."""
-    from speechllama.pipeline import export_model
     from speechllama.checkpoint import latest_checkpoint
+    from speechllama.pipeline import export_model
 
     corpus, run, _ = trained
     out = tmp_path / "scratch"

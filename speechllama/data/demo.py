@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from speechllama.audio import SAMPLE_RATE, load_audio
 
+from ..progress import progress
 from .fillets import DEFAULT_ROOT, read_dialogues, save_wav, wav_duration
 from .manifest import CorpusError, Utterance, summarize, write_splits
 
@@ -208,7 +209,7 @@ def build_demo(out_dir, langs=("de", "fr", "es", "it", "nl", "cs"), sentences_pe
     keyed, errors = [], []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(_synthesize_or_error, jobs)
-        for (item, wav), (duration, error) in zip(jobs, tqdm(results, total=len(jobs), desc="espeak", unit="utt")):
+        for (item, wav), (duration, error) in zip(jobs, progress(results, total=len(jobs), desc="espeak", unit="utt")):
             if error is not None:
                 tqdm.write(f"skipped: {error}", file=sys.stderr)
                 errors.append(error)

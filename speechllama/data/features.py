@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from ..audio import AudioError, fbank, load_audio
+from ..progress import progress as progress_bar
 
 
 def _fingerprint(paths: list[str]) -> str:
@@ -68,8 +67,7 @@ def load_features(audio_paths: list[str], cache_file: str | os.PathLike,
             return FeatureStore(load_file(str(cache_file))["feats"],
                                 {p: tuple(v) for p, v in index.items()}, json.loads(meta["errors"]))
     chunks, offsets, errors, start = [], {}, [], 0
-    bar = tqdm(paths, desc=f"fbank {cache_file.stem}", unit="file", disable=not progress,
-               mininterval=1.0 if sys.stderr.isatty() else 15.0)
+    bar = progress_bar(paths, desc=f"fbank {cache_file.stem}", unit="file", disable=not progress)
     for path in bar:
         try:
             feats = fbank(load_audio(path))

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from speechllama.audio import SAMPLE_RATE, load_audio
 
+from ..progress import progress
 from .manifest import CorpusError, Utterance, summarize, write_splits
 
 DEFAULT_ROOT = "/usr/share/games/fillets-ng"
@@ -282,7 +283,7 @@ def build_fillets_speech(out_dir, langs=("cs", "nl"), root=DEFAULT_ROOT, sound_r
     keyed = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(_convert_or_error, jobs)
-        for job, (duration, error) in zip(jobs, tqdm(results, total=len(jobs), desc="fillets speech", unit="file")):
+        for job, (duration, error) in zip(jobs, progress(results, total=len(jobs), desc="fillets speech", unit="file")):
             if error is not None:
                 tqdm.write(f"skipped: {error}", file=sys.stderr)
                 stats["skipped"]["bad_audio"] += 1

@@ -15,6 +15,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
+from ..progress import progress
 from .manifest import CorpusError, Utterance, write_manifest
 
 MAX_PRINTED = 20  # problems printed to stderr; all of them are in the report
@@ -114,7 +115,7 @@ def import_covost2(tsv_path, clips_dir, out_manifest, src_lang=None, tgt_lang=No
     tsv_path, clips_dir = Path(tsv_path), Path(clips_dir)
     src_lang, tgt_lang = _covost_langs(tsv_path, src_lang, tgt_lang)
     report, utterances, seen = _Report(), [], set()
-    for line, row, problem in tqdm(_read_tsv(tsv_path), desc=f"covost2 {tsv_path.name}", unit="row"):
+    for line, row, problem in progress(_read_tsv(tsv_path), desc=f"covost2 {tsv_path.name}", unit="row"):
         where = f"{tsv_path}:{line}"
         if problem is None and (not row["path"] or not row["translation"].strip()):
             problem = "empty path or translation"
@@ -159,7 +160,7 @@ def import_librispeech(root, out_manifest, lang: str = "en") -> dict:
     if not transcripts:
         raise CorpusError(f"{root}: no LibriSpeech transcripts (<speaker>/<chapter>/*.trans.txt) found")
     report, utterances, seen = _Report(), [], set()
-    for trans in tqdm(transcripts, desc="librispeech", unit="chapter"):
+    for trans in progress(transcripts, desc="librispeech", unit="chapter"):
         try:
             lines = trans.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:

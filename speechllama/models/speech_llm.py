@@ -63,7 +63,7 @@ class SpeechLLM(nn.Module):
             tgt = list(targets[b]) if targets is not None else []
             text = torch.tensor([*before[b], *after[b], *tgt], dtype=torch.long, device=device)
             t = embed(text).to(audio.dtype)  # (n_text, H)
-            nb, na = len(before[b]), len(after[b])
+            nb = len(before[b])
             rows.append(torch.cat([t[:nb], audio[b, : audio_lengths[b]], t[nb:]]))  # (L_b, H)
             starts.append(nb)
             lab = torch.full((rows[-1].shape[0],), IGNORE, dtype=torch.long, device=device)

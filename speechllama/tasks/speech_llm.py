@@ -15,8 +15,13 @@ from ..config import ExperimentConfig
 from ..data import Utterance, read_manifest
 from ..data.batching import LengthBucketSampler, pad_feats
 from ..data.features import load_features
-from ..models.build import (build_speech_llm, load_compressor, load_speech_llm_weights,
-                            resolve_llm_path, speech_llm_state)
+from ..models.build import (
+    build_speech_llm,
+    load_compressor,
+    load_speech_llm_weights,
+    resolve_llm_path,
+    speech_llm_state,
+)
 from ..models.llm import build_prompt, create_scratch_llm, instruction, weights_hash
 from .ctc import feature_cache_path
 
