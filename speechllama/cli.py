@@ -48,7 +48,8 @@ def cmd_train(args) -> int:
     if getattr(args, "llm", None):
         args.overrides.append(f"llm.path={args.llm}")
     cfg, last = _resolve_config(args)
-    if cfg.llm.init == "scratch" and not cfg.llm.path:
+    from_scratch = cfg.llm.init == "scratch" or cfg.speech_llm.system == "encoder_decoder"
+    if args.train_command != "ctc" and from_scratch and not cfg.llm.path:
         cfg.llm.path = str(Path(args.out) / "llm-init")  # created by the task, kept with the run
     rank, world = distributed_env()
     if args.train_command == "ctc":

@@ -70,6 +70,8 @@ class LLMConfig:
 class SpeechLLMConfig:
     """Stage 2: compressed audio -> audio encoder -> LLM embedding space."""
 
+    system: str = "decoder_only"  # decoder_only (Speech-LLaMA; llm.init picks pretrained or scratch)
+    #                               | encoder_decoder (the seq2seq baseline, sizes in `seq2seq`)
     compressor: str = ""  # stage-1 checkpoint folder (its weights are copied into stage-2 checkpoints)
     compression: str = "average"  # average | remove_blank | none
     audio_mask: str = "non_causal"  # non_causal (audio block bidirectional) | causal
@@ -82,6 +84,20 @@ class SpeechLLMConfig:
     unnamed_language_prob: float = 0.2  # share of training prompts that do not name the source language
     max_target_tokens: int = 96  # longer targets are skipped (counted) in training
     zero_audio: bool = False  # control experiment: the LLM gets zeros in place of the audio
+
+
+@dataclass
+class Seq2SeqConfig:
+    """The encoder-decoder baseline: the compressor's conv front end and layers (fresh weights)
+    plus ``extra_encoder_layers``, and a Transformer decoder with cross-attention. Its output
+    tokenizer is the from-scratch one (``llm.scratch_vocab``)."""
+
+    extra_encoder_layers: int = 2
+    decoder_dim: int = 256
+    decoder_layers: int = 4
+    decoder_heads: int = 4
+    decoder_ff: int = 1024
+    dropout: float = 0.1
 
 
 @dataclass
@@ -113,6 +129,7 @@ class ExperimentConfig:
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     speech_llm: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -121,6 +138,7 @@ CHOICES = {  # string fields with a closed set of values
     "speech_llm.compression": ("average", "remove_blank", "none"),
     "speech_llm.audio_mask": ("non_causal", "causal"),
     "llm.init": ("pretrained", "scratch"),
+    "speech_llm.system": ("decoder_only", "encoder_decoder"),
 }
 
 

@@ -69,12 +69,15 @@ def generate(
     eos_id: int | Sequence[int],
     options: DecodingOptions = DecodingOptions(),
     max_new: torch.Tensor | None = None,
+    cache: DynamicCache | None = None,
 ) -> list[list[int]]:
     """Decode every row of a left-padded prefix; returns the new token ids of each row, without the EOS.
 
     prefix_embeds (B, P, C); prefix_mask_4d (B, 1, P, P) additive, from ``audio_text_mask``; prefix_valid
     (B, P) bool with each row's last column valid; eos_id one id or several; max_new an optional (B,) per-row
-    cap (further capped by ``options.max_new_tokens``). Call ``model.eval()`` first (dropout).
+    cap (further capped by ``options.max_new_tokens``); ``cache`` an empty cache to fill (default a
+    DynamicCache; the encoder-decoder passes one that also carries its encoder memory). Call
+    ``model.eval()`` first (dropout).
     """
     _verify_options(options)
     B, P, _ = prefix_embeds.shape
@@ -96,7 +99,9 @@ def generate(
         return out
     search = _greedy if options.beam_size == 1 else _beam_search
     embeds, mask_4d, valid = prefix_embeds[rows], prefix_mask_4d[rows], prefix_valid[rows]
-    found = search(model, embeds, mask_4d, valid, eos, options, caps[rows])
+    if cache is not None and len(rows) < B:
+        cache.batch_select_indices(rows)
+    found = search(model, embeds, mask_4d, valid, eos, options, caps[rows], cache)
     for r, tokens in zip(rows.tolist(), found):
         out[r] = tokens
     return out
@@ -107,10 +112,10 @@ def generate(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _prefill(model, embeds, mask_4d, valid) -> tuple[torch.Tensor, DynamicCache]:
+def _prefill(model, embeds, mask_4d, valid, cache=None) -> tuple[torch.Tensor, DynamicCache]:
     """Run the whole prefix once; returns the logits of its last position (B, V) and the filled cache."""
     position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, P): pads get 0, they are never attended
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if cache is None else cache
     out = model(
         inputs_embeds=embeds, attention_mask=mask_4d, position_ids=position_ids,
         cache=cache, use_cache=True, logits_to_keep=1,
@@ -150,9 +155,9 @@ def _ban_repeats(scores: torch.Tensor, sequences: list[list[int]], n: int) -> to
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _greedy(model, embeds, mask_4d, valid, eos: set[int], options, caps) -> list[list[int]]:
+def _greedy(model, embeds, mask_4d, valid, eos: set[int], options, caps, cache=None) -> list[list[int]]:
     """Greedy decoding; rows that end (EOS or their cap) are dropped from the batch and the cache."""
-    logits, cache = _prefill(model, embeds, mask_4d, valid)  # (B, V)
+    logits, cache = _prefill(model, embeds, mask_4d, valid, cache)  # (B, V)
     tokens: list[list[int]] = [[] for _ in range(len(caps))]
     live = list(range(len(caps)))  # original row of each cache row
     kv_valid, caps = valid, caps.tolist()
@@ -195,7 +200,7 @@ class _BeamRow:
         return max(self.finished, key=score)[0] if self.finished else []
 
 
-def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps) -> list[list[int]]:
+def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps, cache=None) -> list[list[int]]:
     """Beam search: a row ends once it has beam_size finished hypotheses or reaches its cap.
 
     As in whisper, each step keeps the best beam_size non-EOS continuations among the 2*beam_size best
@@ -204,7 +209,7 @@ def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps) ->
     sum_logprob / length**length_penalty wins, where length counts the EOS when there is one.
     """
     B, K = len(caps), options.beam_size
-    logits, cache = _prefill(model, embeds, mask_4d, valid)  # (B, V)
+    logits, cache = _prefill(model, embeds, mask_4d, valid, cache)  # (B, V)
     cache.batch_repeat_interleave(K)
     logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
     kv_valid = valid.repeat_interleave(K, dim=0)  # (B*K, P)

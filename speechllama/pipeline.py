@@ -88,7 +88,8 @@ def export_model(checkpoint: Path, out: Path) -> Path:
     for name in ("model.safetensors", "config.yaml", "tokenizer.model"):
         shutil.copy2(checkpoint / name, tmp / name)
     cfg = load_config(tmp / "config.yaml")
-    if cfg.llm.init == "scratch":  # the model carries its own LLM (config, tokenizer)
+    if cfg.llm.init == "scratch" or cfg.speech_llm.system == "encoder_decoder":
+        # the model carries its own LLM or tokenizer folder
         shutil.copytree(cfg.llm.path, tmp / "llm")
         cfg.llm.path = "llm"  # relative to the model folder
         save_config(cfg, tmp / "config.yaml")

@@ -79,11 +79,14 @@ def resolve_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
 
 
 def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None):
-    """SpeechLLM from a config and a (trained) compressor; returns (model, LLM tokenizer)."""
+    """The stage-2 system of ``speech_llm.system`` from a config and a (trained) compressor;
+    returns (model, output tokenizer)."""
     from .audio_encoder import AudioEncoder
     from .llm import load_llm
     from .speech_llm import SpeechLLM
 
+    if cfg.speech_llm.system == "encoder_decoder":
+        return build_seq2seq(cfg, base)
     s, l = cfg.speech_llm, cfg.llm
     llm, tokenizer = load_llm(resolve_llm_path(cfg, base), lora_rank=l.lora_rank,
                               lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets),
@@ -95,10 +98,32 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     return model, tokenizer
 
 
-def speech_llm_state(model) -> dict[str, torch.Tensor]:
-    """Tensors of a stage-2 checkpoint: encoder, LLM trainable (LoRA) weights, compressor."""
-    from .llm import trainable_state_dict
+def build_seq2seq(cfg: ExperimentConfig, base: Path | None = None):
+    """The encoder-decoder baseline, every weight fresh; its tokenizer comes from ``llm.path``."""
+    from transformers import AutoTokenizer
 
+    from .ctc_compressor import Conv2dSubsampling
+    from .seq2seq import EncoderDecoder, TransformerDecoderLM
+    from .transformer import TransformerStack
+
+    q, c = cfg.seq2seq, cfg.compressor
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm_path(cfg, base), local_files_only=True)
+    subsample = Conv2dSubsampling(cfg.features.n_mels, c.conv_channels, c.d_model)
+    encoder = TransformerStack(c.d_model, c.n_heads, c.n_layers + q.extra_encoder_layers,
+                               c.ff_dim, q.dropout)
+    decoder = TransformerDecoderLM(len(tokenizer), q.decoder_dim, q.decoder_heads,
+                                   q.decoder_layers, q.decoder_ff, q.dropout)
+    return EncoderDecoder(subsample, encoder, decoder, c.d_model), tokenizer
+
+
+def speech_llm_state(model) -> dict[str, torch.Tensor]:
+    """Tensors of a stage-2 checkpoint: encoder, LLM trainable (LoRA) weights, compressor; the
+    encoder-decoder's are all its weights (under ``seq2seq.``)."""
+    from .llm import trainable_state_dict
+    from .seq2seq import EncoderDecoder
+
+    if isinstance(model, EncoderDecoder):
+        return {f"seq2seq.{k}": v for k, v in model.state_dict().items()}
     sd = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
     sd.update({f"llm.{k}": v for k, v in trainable_state_dict(model.llm).items()})
     sd.update({f"compressor.{k}": v for k, v in model.compressor.state_dict().items()})
@@ -107,6 +132,11 @@ def speech_llm_state(model) -> dict[str, torch.Tensor]:
 
 def load_speech_llm_weights(model, tensors: dict[str, torch.Tensor]) -> None:
     from .llm import load_trainable_state_dict
+    from .seq2seq import EncoderDecoder
+
+    if isinstance(model, EncoderDecoder):
+        model.load_state_dict(split_state(tensors, "seq2seq"))
+        return
 
     model.encoder.load_state_dict(split_state(tensors, "encoder"))
     load_trainable_state_dict(model.llm, split_state(tensors, "llm"))
@@ -132,8 +162,8 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
     except ConfigError as e:
         raise CheckpointError(f"{folder}: bad config.yaml: {e}") from e
     tensors = load_tensors(folder / "model.safetensors")
-    if not any(k.startswith("encoder.") for k in tensors):
-        raise CheckpointError(f"{folder}: not a Speech-LLM checkpoint (no audio encoder weights)")
+    if not any(k.startswith(("encoder.", "seq2seq.")) for k in tensors):
+        raise CheckpointError(f"{folder}: not a stage-2 checkpoint (no audio encoder weights)")
     llm_path = resolve_llm_path(cfg, folder)
     if check_hash and cfg.llm.weights_hash and weights_hash(llm_path) != cfg.llm.weights_hash:
         raise CheckpointError(
@@ -157,4 +187,4 @@ def checkpoint_kind(path: str | Path) -> str:
     folder = resolve_checkpoint(path)
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
-    return "speech_llm" if any(k.startswith("encoder.") for k in keys) else "ctc"
+    return "speech_llm" if any(k.startswith(("encoder.", "seq2seq.")) for k in keys) else "ctc"

@@ -337,14 +337,16 @@ def instruction(task: str, src_lang: str | None, tgt_lang: str | None = None) ->
 
 
 def create_scratch_llm(folder: str | os.PathLike, texts: list[str], hidden: int, layers: int,
-                       heads: int, ff_dim: int, vocab_size: int, seed: int = 0) -> Path:
+                       heads: int, ff_dim: int, vocab_size: int, seed: int = 0,
+                       with_model: bool = True) -> Path:
     """Write a randomly initialised LLaMA and a sentencepiece-unigram tokenizer trained on ``texts``
-    (the target side of the training data) as a Hugging Face folder; atomic, reused if present."""
+    (the target side of the training data) as a Hugging Face folder; atomic, reused if present.
+    ``with_model=False`` writes the tokenizer alone (the encoder-decoder's output vocabulary)."""
     from tokenizers import SentencePieceUnigramTokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder = Path(folder)
-    if (folder / "config.json").is_file():
+    if (folder / "tokenizer.json").is_file():
         return folder
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
     sp = SentencePieceUnigramTokenizer()
@@ -359,7 +361,8 @@ def create_scratch_llm(folder: str | os.PathLike, texts: list[str], hidden: int,
     torch.manual_seed(seed)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    LlamaForCausalLM(config).save_pretrained(tmp)
+    if with_model:
+        LlamaForCausalLM(config).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     try:
         os.replace(tmp, folder)

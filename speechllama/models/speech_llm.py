@@ -52,45 +52,15 @@ class SpeechLLM(nn.Module):
         audio = self.encoder(compressed, n)  # (B, S, H)
         return (audio * 0 if self.zero_audio else audio), n
 
-    def assemble(self, audio: torch.Tensor, audio_lengths: torch.Tensor,
-                 before: Sequence[Sequence[int]], after: Sequence[Sequence[int]],
-                 targets: Sequence[Sequence[int]] | None = None):
-        """Left-padded LLM input: embeds (B, L, H), 4-D mask, valid (B, L), labels (B, L) or None."""
-        embed = self.llm.get_input_embeddings()
-        device = audio.device
-        rows, labels, starts = [], [], []
-        for b in range(audio.shape[0]):
-            tgt = list(targets[b]) if targets is not None else []
-            text = torch.tensor([*before[b], *after[b], *tgt], dtype=torch.long, device=device)
-            t = embed(text).to(audio.dtype)  # (n_text, H)
-            nb = len(before[b])
-            rows.append(torch.cat([t[:nb], audio[b, : audio_lengths[b]], t[nb:]]))  # (L_b, H)
-            starts.append(nb)
-            lab = torch.full((rows[-1].shape[0],), IGNORE, dtype=torch.long, device=device)
-            if tgt:
-                lab[-len(tgt):] = torch.tensor(tgt, device=device)
-            labels.append(lab)
-        length = max(r.shape[0] for r in rows)
-        pad = [length - r.shape[0] for r in rows]
-        embeds = torch.stack([F.pad(r, (0, 0, p, 0)) for r, p in zip(rows, pad)])  # (B, L, H)
-        lab = torch.stack([F.pad(x, (p, 0), value=IGNORE) for x, p in zip(labels, pad)])  # (B, L)
-        pad_t = torch.tensor(pad, device=device)
-        valid = torch.arange(length, device=device)[None, :] >= pad_t[:, None]  # (B, L)
-        mask = audio_text_mask(pad_t + torch.tensor(starts, device=device), audio_lengths, valid,
-                               causal_audio=self.causal_audio)
-        return embeds, mask, valid, (lab if targets is not None else None)
+    def assemble(self, audio, audio_lengths, before, after, targets=None):
+        return assemble(self.llm.get_input_embeddings(), audio, audio_lengths, before, after,
+                        targets, self.causal_audio)
 
     def forward(self, feats, lengths, before, after, targets) -> torch.Tensor:
         """Mean cross-entropy over the target tokens (eos included)."""
         audio, n = self.encode_audio(feats, lengths)
         embeds, mask, valid, labels = self.assemble(audio, n, before, after, targets)
-        keep = max(len(t) for t in targets) + 1  # the last positions hold every row's target
-        position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                       logits_to_keep=keep)
-        logits = out.logits[:, :-1].float()  # (B, keep-1, V) predicts the next token
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                               labels[:, -keep + 1:].reshape(-1), ignore_index=IGNORE)
+        return next_token_loss(self.llm, embeds, mask, valid, labels, targets)
 
     @torch.no_grad()
     def generate(self, feats, lengths, before, after, eos_id, options: DecodingOptions,
@@ -98,3 +68,46 @@ class SpeechLLM(nn.Module):
         audio, n = self.encode_audio(feats, lengths)
         embeds, mask, valid, _ = self.assemble(audio, n, before, after)
         return generate(self.llm, embeds, mask, valid, eos_id, options, max_new)
+
+
+def assemble(embed: nn.Module, audio: torch.Tensor, audio_lengths: torch.Tensor,
+             before: Sequence[Sequence[int]], after: Sequence[Sequence[int]],
+             targets: Sequence[Sequence[int]] | None, causal_audio: bool):
+    """Left-padded LM input: embeds (B, L, H), 4-D mask, valid (B, L), labels (B, L) or None.
+
+    Row b is ``[before[b]][audio[b, :audio_lengths[b]]][after[b]][targets[b]]``; audio may have
+    length 0 (the encoder-decoder's decoder sees text only).
+    """
+    device = audio.device
+    rows, labels, starts = [], [], []
+    for b in range(audio.shape[0]):
+        tgt = list(targets[b]) if targets is not None else []
+        text = torch.tensor([*before[b], *after[b], *tgt], dtype=torch.long, device=device)
+        t = embed(text).to(audio.dtype)  # (n_text, H)
+        nb = len(before[b])
+        rows.append(torch.cat([t[:nb], audio[b, : audio_lengths[b]], t[nb:]]))  # (L_b, H)
+        starts.append(nb)
+        lab = torch.full((rows[-1].shape[0],), IGNORE, dtype=torch.long, device=device)
+        if tgt:
+            lab[-len(tgt):] = torch.tensor(tgt, device=device)
+        labels.append(lab)
+    length = max(r.shape[0] for r in rows)
+    pad = [length - r.shape[0] for r in rows]
+    embeds = torch.stack([F.pad(r, (0, 0, p, 0)) for r, p in zip(rows, pad)])  # (B, L, H)
+    lab = torch.stack([F.pad(x, (p, 0), value=IGNORE) for x, p in zip(labels, pad)])  # (B, L)
+    pad_t = torch.tensor(pad, device=device)
+    valid = torch.arange(length, device=device)[None, :] >= pad_t[:, None]  # (B, L)
+    mask = audio_text_mask(pad_t + torch.tensor(starts, device=device), audio_lengths, valid,
+                           causal_audio=causal_audio)
+    return embeds, mask, valid, (lab if targets is not None else None)
+
+
+def next_token_loss(lm: nn.Module, embeds, mask, valid, labels, targets, **kwargs) -> torch.Tensor:
+    """Mean cross-entropy of ``lm`` on the labelled (target) positions of an assembled batch."""
+    keep = max(len(t) for t in targets) + 1  # the last positions hold every row's target
+    position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+             logits_to_keep=keep, **kwargs)
+    logits = out.logits[:, :-1].float()  # (B, keep-1, V) predicts the next token
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                           labels[:, -keep + 1:].reshape(-1), ignore_index=IGNORE)

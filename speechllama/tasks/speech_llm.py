@@ -57,15 +57,18 @@ class SpeechLLMTask:
         cfg.compressor, cfg.features.n_mels = bundle.config.compressor, bundle.config.features.n_mels
         self.cfg, self.cmvn, self.ctc_tokenizer = cfg, bundle.cmvn, bundle.tokenizer
         rows = read_manifest(cfg.data.train)
-        if cfg.llm.init == "scratch":
+        seq2seq = cfg.speech_llm.system == "encoder_decoder"
+        if cfg.llm.init == "scratch" or seq2seq:
             if not cfg.llm.path:
-                raise ValueError("llm.init=scratch needs llm.path: the folder to create it in")
+                raise ValueError("a model trained from scratch needs llm.path: the folder to "
+                                 "create its tokenizer (and LLM) in")
             lc = cfg.llm
             create_scratch_llm(lc.path, [u.tgt_text for u in rows], lc.scratch_hidden,
                                lc.scratch_layers, lc.scratch_heads, lc.scratch_ff, lc.scratch_vocab,
-                               cfg.train.seed)
+                               cfg.train.seed, with_model=not seq2seq)
         llm_path = resolve_llm_path(cfg)
-        cfg.llm.path, cfg.llm.weights_hash = str(llm_path), weights_hash(llm_path)
+        # the encoder-decoder has no base LLM weights, only its tokenizer in that folder
+        cfg.llm.path, cfg.llm.weights_hash = str(llm_path), "" if seq2seq else weights_hash(llm_path)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
         self.model, self.tokenizer = build_speech_llm(cfg, bundle.model)
         self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
