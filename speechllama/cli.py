@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--langs", default="de,fr,es,it,nl,cs")
     p.add_argument("--sentences", type=int, default=None, help="per language (default: all)")
     p.add_argument("--numbers", type=int, default=300, help="number expressions per language")
-    p.add_argument("--procs", type=int, default=2, help="training processes (torchrun ranks)")
+    p.add_argument("--procs", type=int, default=2,
+                   help="stage-1 training processes (torchrun ranks); stage 2 runs as one process")
     p.add_argument("--control", action="store_true",
                    help="also train the zero-audio control (same training, audio replaced by zeros)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",

@@ -47,6 +47,19 @@ def distributed_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), world
 
 
+def rank0_first(fn, *args, **kwargs):
+    """Run ``fn`` on rank 0, then on the other ranks (which then find its results on disk: a
+    feature cache, a converted LLM). Without torch.distributed, just run it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return fn(*args, **kwargs)
+    if dist.get_rank() == 0:
+        result = fn(*args, **kwargs)
+        dist.barrier()
+        return result
+    dist.barrier()
+    return fn(*args, **kwargs)
+
+
 def lr_lambda(warmup: int, total: int):
     """Linear warmup to the peak, then cosine decay to 10% of it at ``total``."""
 

@@ -68,8 +68,10 @@ def default_llm_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """
     final = Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR
     final = final / SMOLLM2_DIRNAME
-    if final.is_dir():
+    if (final / "config.json").is_file() and any(final.glob("*.safetensors")):
         return final
+    if final.exists():  # an incomplete folder (an interrupted or broken conversion): redo it
+        shutil.rmtree(final)
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(

@@ -17,6 +17,7 @@ from ..data.features import FeatureStore, load_features
 from ..models.build import build_compressor, compressor_state, split_state
 from ..models.ctc_compressor import ctc_loss, subsampled_lengths
 from ..text import CTCTokenizer
+from ..train import rank0_first
 
 
 def feature_cache_path(manifest: str | Path) -> Path:
@@ -32,7 +33,8 @@ def recordings(manifest: str | Path, progress: bool = True):
         if u.src_text and u.audio not in seen:
             seen[u.audio] = (u.audio, u.src_text, u.src_lang)
     recs = sorted(seen.values())
-    store = load_features([r[0] for r in recs], feature_cache_path(manifest), progress=progress)
+    store = rank0_first(load_features, [r[0] for r in recs], feature_cache_path(manifest),
+                        progress=progress)
     if store.errors:
         print(f"{manifest}: skipped {len(store.errors)} unreadable audio file(s), e.g. "
               f"{store.errors[0]}", file=sys.stderr)

@@ -23,6 +23,7 @@ from ..models.build import (
     speech_llm_state,
 )
 from ..models.llm import build_prompt, create_scratch_llm, instruction, weights_hash
+from ..train import rank0_first
 from .ctc import feature_cache_path
 
 
@@ -63,17 +64,17 @@ class SpeechLLMTask:
                 raise ValueError("a model trained from scratch needs llm.path: the folder to "
                                  "create its tokenizer (and LLM) in")
             lc = cfg.llm
-            create_scratch_llm(lc.path, [u.tgt_text for u in rows], lc.scratch_hidden,
-                               lc.scratch_layers, lc.scratch_heads, lc.scratch_ff, lc.scratch_vocab,
-                               cfg.train.seed, with_model=not seq2seq)
-        llm_path = resolve_llm_path(cfg)
+            rank0_first(create_scratch_llm, lc.path, [u.tgt_text for u in rows], lc.scratch_hidden,
+                        lc.scratch_layers, lc.scratch_heads, lc.scratch_ff, lc.scratch_vocab,
+                        cfg.train.seed, with_model=not seq2seq)
+        llm_path = rank0_first(resolve_llm_path, cfg)  # transformers saves on rank 0 only
         # the encoder-decoder has no base LLM weights, only its tokenizer in that folder
         cfg.llm.path, cfg.llm.weights_hash = str(llm_path), "" if seq2seq else weights_hash(llm_path)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
         self.model, self.tokenizer = build_speech_llm(cfg, bundle.model)
         self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
-        self.store = load_features([u.audio for u in rows], feature_cache_path(cfg.data.train),
-                                   progress=progress and rank == 0)
+        self.store = rank0_first(load_features, [u.audio for u in rows],
+                                 feature_cache_path(cfg.data.train), progress=progress and rank == 0)
         self.items = self._usable(rows, rank)
         frames = [self.store.num_frames(u.audio) for u, _ in self.items]
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
