@@ -184,6 +184,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_experiment_paper(args) -> int:
+    from .experiment import run_paper
+
+    table = run_paper(Path(args.data), Path(args.out), args.name,
+                      [Path(d) for d in args.extra_train], args.per_group, not args.no_whisper,
+                      args.overrides)
+    print(f"table: {table}")
+    return 0
+
+
 def _print_result(result) -> None:
     if result is not None:
         print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
@@ -239,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides for both training stages, e.g. train.max_steps=100")
     p.set_defaults(func=cmd_demo)
+
+    ex = sub.add_parser("experiment", help="reproduce the paper's comparisons").add_subparsers(
+        dest="experiment_command", required=True)
+    p = ex.add_parser("paper", help="all systems and ablations, one table (resumable)")
+    p.add_argument("--data", required=True, help="corpus folder (train/dev/test.jsonl); test on it")
+    p.add_argument("--extra-train", nargs="*", default=[], metavar="DIR",
+                   help="more corpora whose train.jsonl joins the training data")
+    p.add_argument("--out", default="results")
+    p.add_argument("--name", default="paper-table", help="OUT/NAME.md, .json, .png")
+    p.add_argument("--per-group", type=int, default=20,
+                   help="test rows per task, language pair and subset")
+    p.add_argument("--no-whisper", action="store_true", help="skip the Whisper-base reference")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides for every run, e.g. train.max_minutes=4")
+    p.set_defaults(func=cmd_experiment_paper)
 
     train = sub.add_parser("train", help="train a stage").add_subparsers(
         dest="train_command", required=True)

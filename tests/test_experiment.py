@@ -1,0 +1,64 @@
+"""The paper experiment: parameter ratio of the two from-scratch systems, and a toy-scale run."""
+
+import json
+
+import pytest
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import TWO_UTTERANCES, write_corpus
+from speechllama.config import load_config
+from speechllama.models.audio_encoder import AudioEncoder
+from speechllama.models.build import build_compressor
+from speechllama.models.ctc_compressor import Conv2dSubsampling
+from speechllama.models.seq2seq import TransformerDecoderLM
+from speechllama.models.transformer import TransformerStack
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_default_sizes_give_the_papers_60_to_100_parameter_ratio():
+    cfg = load_config(None, ["compressor.char_vocab_size=90"])
+    c, s, lc, q = cfg.compressor, cfg.speech_llm, cfg.llm, cfg.seq2seq
+    vocab = lc.scratch_vocab  # both systems share the target-side tokenizer
+    llm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=lc.scratch_hidden, intermediate_size=lc.scratch_ff,
+        num_hidden_layers=lc.scratch_layers, num_attention_heads=lc.scratch_heads,
+        num_key_value_heads=lc.scratch_heads, tie_word_embeddings=True))
+    decoder_only = (count(build_compressor(cfg)) + count(llm) + count(AudioEncoder(
+        c.d_model, s.encoder_dim, s.encoder_heads, s.encoder_layers, s.encoder_ff, 0.0,
+        lc.scratch_hidden)))
+    encoder_decoder = (count(Conv2dSubsampling(80, c.conv_channels, c.d_model))
+                       + count(TransformerStack(c.d_model, c.n_heads,
+                                                c.n_layers + q.extra_encoder_layers, c.ff_dim, 0.0))
+                       + count(TransformerDecoderLM(vocab, q.decoder_dim, q.decoder_heads,
+                                                    q.decoder_layers, q.decoder_ff, 0.0))
+                       + c.d_model * q.decoder_dim + q.decoder_dim)
+    assert 0.54 <= decoder_only / encoder_decoder <= 0.66, (decoder_only, encoder_decoder)
+
+
+@pytest.mark.slow
+def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
+    from speechllama.cli import main
+
+    corpus = tmp_path / "corpus"
+    for split in ("train", "dev", "test"):
+        write_corpus(corpus, TWO_UTTERANCES, split)
+    tiny = ["train.max_steps=2", "train.log_every=1", "data.max_frames=600",
+            "compressor.d_model=32", "compressor.ff_dim=64", "compressor.conv_channels=4",
+            "speech_llm.encoder_dim=32", "speech_llm.encoder_ff=64", "speech_llm.encoder_layers=1",
+            "llm.scratch_hidden=32", "llm.scratch_ff=64", "llm.scratch_layers=1",
+            "llm.scratch_vocab=40", "seq2seq.decoder_dim=32", "seq2seq.decoder_ff=64",
+            "seq2seq.decoder_layers=1", "seq2seq.extra_encoder_layers=1"]
+    args = ["experiment", "paper", "--data", str(corpus), "--out", str(tmp_path / "results"),
+            "--per-group", "1", "--no-whisper", *tiny]
+    assert main(args) == 0
+    table = (tmp_path / "results" / "paper-table.md").read_text()
+    results = json.loads((tmp_path / "results" / "paper-table.json").read_text())
+    assert set(results) == {"speech-llama", "remove-blank", "causal-mask", "no-lora",
+                            "no-compression", "decoder-only-scratch", "encoder-decoder"}
+    assert table.count("reproduced") == 5 and (tmp_path / "results" / "paper-table.png").exists()
+    lora, no_lora = results["speech-llama"], results["no-lora"]
+    assert lora["trainable"] > no_lora["trainable"] and lora["total"] > no_lora["total"]
+    assert results["decoder-only-scratch"]["trainable"] > results["speech-llama"]["trainable"] / 10
