@@ -76,6 +76,9 @@ class SpeechLLMConfig:
     compression: str = "average"  # average | remove_blank | none
     audio_mask: str = "non_causal"  # non_causal (audio block bidirectional) | causal
     freeze_compressor: bool = True
+    # experimental, not yet shown to help (docs/design.md): add the LLM's embeddings of the CTC
+    # pieces, weighted by their posteriors, to the audio encoder's output
+    piece_prior: bool = False
     encoder_dim: int = 256
     encoder_layers: int = 4
     encoder_heads: int = 4

@@ -78,10 +78,11 @@ def resolve_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
     return base / path if base is not None and not path.is_absolute() else path
 
 
-def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None):
-    """The stage-2 system of ``speech_llm.system`` from a config and a (trained) compressor;
-    returns (model, output tokenizer)."""
-    from .audio_encoder import AudioEncoder
+def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None,
+                     ctc_tokenizer: CTCTokenizer | None = None):
+    """The stage-2 system of ``speech_llm.system`` from a config and a (trained) compressor (and
+    its CTC tokenizer, for ``speech_llm.piece_prior``); returns (model, output tokenizer)."""
+    from .audio_encoder import AudioEncoder, piece_embeddings
     from .llm import load_llm
     from .speech_llm import SpeechLLM
 
@@ -91,8 +92,13 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     llm, tokenizer = load_llm(resolve_llm_path(cfg, base), lora_rank=l.lora_rank,
                               lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets),
                               train_base=l.init == "scratch")
+    prior = None
+    if s.piece_prior:
+        if ctc_tokenizer is None:
+            raise ValueError("speech_llm.piece_prior needs the compressor's CTC tokenizer")
+        prior = piece_embeddings(ctc_tokenizer, tokenizer, llm.get_input_embeddings())
     encoder = AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads,
-                           s.encoder_layers, s.encoder_ff, s.dropout, llm.config.hidden_size)
+                           s.encoder_layers, s.encoder_ff, s.dropout, llm.config.hidden_size, prior)
     model = SpeechLLM(compressor, encoder, llm, s.compression, s.audio_mask == "causal",
                       s.freeze_compressor, s.zero_audio)
     return model, tokenizer
@@ -170,7 +176,8 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
             f"{folder}: trained on a base LLM with weights hash {cfg.llm.weights_hash[:12]}..., "
             f"but {llm_path} has {weights_hash(llm_path)[:12]}... (a different model or version)")
     torch.manual_seed(0)  # deterministic placeholders before the weights are copied in
-    model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder)
+    ctc_tokenizer = CTCTokenizer((folder / "tokenizer.model").read_bytes())
+    model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder, ctc_tokenizer)
     try:
         load_speech_llm_weights(model, tensors)
     except (RuntimeError, ValueError) as e:

@@ -48,8 +48,10 @@ class SpeechLLM(nn.Module):
         """feats (B, T, 80) normalised fbank -> audio embeddings (B, S, H), lengths (B,)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_compressor):
             hidden, logits, n = self.compressor(feats, lengths)  # (B, T', C), (B, T', V_ctc)
-            compressed, n = ctc_compress(hidden, logits, n, self.compression)  # (B, S, C)
-        audio = self.encoder(compressed, n)  # (B, S, H)
+            both = torch.cat([hidden, logits], dim=-1)  # compress states and posteriors alike
+            both, n = ctc_compress(both, logits, n, self.compression)  # (B, S, C + V_ctc)
+        compressed, compressed_logits = both.split([hidden.shape[-1], logits.shape[-1]], dim=-1)
+        audio = self.encoder(compressed, n, compressed_logits.float().softmax(-1))  # (B, S, H)
         return (audio * 0 if self.zero_audio else audio), n
 
     def assemble(self, audio, audio_lengths, before, after, targets=None):

@@ -71,7 +71,7 @@ class SpeechLLMTask:
         # the encoder-decoder has no base LLM weights, only its tokenizer in that folder
         cfg.llm.path, cfg.llm.weights_hash = str(llm_path), "" if seq2seq else weights_hash(llm_path)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
-        self.model, self.tokenizer = build_speech_llm(cfg, bundle.model)
+        self.model, self.tokenizer = build_speech_llm(cfg, bundle.model, None, bundle.tokenizer)
         self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
         self.store = rank0_first(load_features, [u.audio for u in rows],
                                  feature_cache_path(cfg.data.train), progress=progress and rank == 0)
