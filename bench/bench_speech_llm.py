@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--files", type=int, default=32, help="test files (ST rows) to decode")
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    p.add_argument("--max-frames", type=int, help="training batch cap (default: the demo's STAGE2)")
     return p.parse_args(argv)
 
 
@@ -142,7 +143,8 @@ def train_bench(args) -> dict:
     from speechllama.tasks.speech_llm import SpeechLLMTask
 
     cfg = load_config(None, [*STAGE2, f"data.train={Path(args.data) / 'train.jsonl'}",
-                             f"speech_llm.compressor={args.compressor}"])
+                             f"speech_llm.compressor={args.compressor}"]
+                      + ([f"data.max_frames={args.max_frames}"] if args.max_frames else []))
     task = SpeechLLMTask(cfg, progress=False)
     trainable = [p for p in task.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -238,35 +240,22 @@ def llm_lengths(model, rows, waves) -> dict:
     return {m: {"audio": audio[m] / len(rows), "total": (audio[m] + text) / len(rows)} for m in MODES}
 
 
-def whisper_model_dir() -> Path | None:
-    """The Whisper-base CTranslate2 folder, or None without the bench extra."""
-    from speechllama.whisper_peer import whisper_model_dir as assemble
-
-    try:
-        return assemble()
-    except FileNotFoundError:
-        return None
-
-
 def whisper_bench(rows, waves, threads: int) -> dict | None:
-    folder = whisper_model_dir()
-    if folder is None:
+    """Whisper-base (speechllama.whisper_peer: faster-whisper, int8, temperature 0) at beam 1 and 5."""
+    try:
+        from speechllama.whisper_peer import WhisperPeer
+    except ImportError:
         return None
-    from faster_whisper import WhisperModel
-
     out = {}
     with RssPeak() as mem:
-        model = WhisperModel(str(folder), device="cpu", compute_type="int8", cpu_threads=threads)
-
-        def run(u, w, beam):
-            segments, _ = model.transcribe(w, language=u.src_lang, task="translate",
-                                           beam_size=beam, temperature=0.0)
-            return " ".join(s.text.strip() for s in segments).strip()
-
-        run(rows[0], waves[0], 1)  # warm-up
+        try:
+            model = WhisperPeer(threads)
+        except (FileNotFoundError, ImportError):
+            return None
+        model.run(waves[0], rows[0].src_lang, beam=1)  # warm-up
         for beam in (1, 5):
             start = time.perf_counter()
-            hyps = [run(u, w, beam) for u, w in zip(rows, waves)]
+            hyps = [model.run(w, u.src_lang, "translate", beam) for u, w in zip(rows, waves)]
             out[beam] = {"seconds": time.perf_counter() - start, "hyps": hyps}
     out["mem"] = mem
     return out
