@@ -76,6 +76,8 @@ class SpeechLLMConfig:
     compression: str = "average"  # average | remove_blank | none
     audio_mask: str = "non_causal"  # non_causal (audio block bidirectional) | causal
     freeze_compressor: bool = True
+    # experimental (docs/design.md): RMS-normalise audio vectors to the token embeddings' RMS
+    match_embedding_scale: bool = False
     # experimental, not yet shown to help (docs/design.md): add the LLM's embeddings of the CTC
     # pieces, weighted by their posteriors, to the audio encoder's output
     piece_prior: bool = False

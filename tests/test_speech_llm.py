@@ -106,7 +106,7 @@ def test_resume_gives_the_same_stage2_run(trained, tmp_path):
     ctc = run.parent / "ctc"
     common = ["--config", str(TINY), "--data", str(corpus)]
     opts = ["train.max_steps=6", "speech_llm.dropout=0.1", "llm.lora_rank=2",
-            "speech_llm.piece_prior=true"]
+            "speech_llm.piece_prior=true", "speech_llm.match_embedding_scale=true"]
     straight, split = tmp_path / "a", tmp_path / "b"
     for out, extra in ((straight, []), (split, ["train.max_minutes=0.000001"])):
         assert main(["train", "speech-llm", *common, "--out", str(out), "--compressor", str(ctc),
@@ -155,7 +155,7 @@ def test_encoder_decoder_baseline_overfits_decodes_with_cache_and_reloads(traine
                  "speech_llm.system=encoder_decoder", "seq2seq.extra_encoder_layers=1",
                  "seq2seq.decoder_dim=32", "seq2seq.decoder_layers=2", "seq2seq.decoder_heads=2",
                  "seq2seq.decoder_ff=64", "seq2seq.dropout=0.0", "llm.scratch_vocab=30",
-                 "train.max_steps=200", "train.lr=0.003", "features.spec_augment=false"]) == 0
+                 "train.max_steps=300", "train.lr=0.003", "features.spec_augment=false"]) == 0
     model = load(export_model(latest_checkpoint(out), tmp_path / "model"))
     assert isinstance(model.bundle.model, EncoderDecoder)
     waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]

@@ -20,11 +20,18 @@ class AudioEncoder(nn.Module):
     """
 
     def __init__(self, in_dim: int, dim: int, n_heads: int, n_layers: int, ff_dim: int,
-                 dropout: float, out_dim: int, piece_embeds: torch.Tensor | None = None):
+                 dropout: float, out_dim: int, piece_embeds: torch.Tensor | None = None,
+                 out_rms: float = 0.0):
         super().__init__()
         self.proj_in = nn.Linear(in_dim, dim)
         self.layers = TransformerStack(dim, n_heads, n_layers, ff_dim, dropout)
         self.proj_out = nn.Linear(dim, out_dim)
+        # out_rms > 0: RMS-normalise the output and start its scale at the LLM's token embeddings'
+        # RMS, so the audio vectors enter the LLM at the size its own inputs have (unscaled they
+        # were ~12x larger than SmolLM2's token embeddings)
+        self.out_norm = nn.RMSNorm(out_dim) if out_rms > 0 else None
+        if self.out_norm is not None:
+            nn.init.constant_(self.out_norm.weight, out_rms)
         self.register_buffer("piece_embeds", piece_embeds, persistent=False)
         if piece_embeds is not None:
             nn.init.zeros_(self.proj_out.weight)
@@ -35,6 +42,8 @@ class AudioEncoder(nn.Module):
         h = self.proj_in(x)  # (B, S, C_in) -> (B, S, D)
         h = self.layers(h, lengths)  # (B, S, D)
         out = self.proj_out(h)  # (B, S, H)
+        if self.out_norm is not None:
+            out = self.out_norm(out)
         if self.piece_embeds is not None:
             out = out + piece_probs.to(self.piece_embeds.dtype) @ self.piece_embeds  # (B, S, H)
         return out
