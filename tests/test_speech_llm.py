@@ -155,7 +155,7 @@ def test_encoder_decoder_baseline_overfits_decodes_with_cache_and_reloads(traine
                  "speech_llm.system=encoder_decoder", "seq2seq.extra_encoder_layers=1",
                  "seq2seq.decoder_dim=32", "seq2seq.decoder_layers=2", "seq2seq.decoder_heads=2",
                  "seq2seq.decoder_ff=64", "seq2seq.dropout=0.0", "llm.scratch_vocab=30",
-                 "train.max_steps=300", "train.lr=0.003", "features.spec_augment=false"]) == 0
+                 "train.max_steps=500", "train.lr=0.003", "features.spec_augment=false"]) == 0
     model = load(export_model(latest_checkpoint(out), tmp_path / "model"))
     assert isinstance(model.bundle.model, EncoderDecoder)
     waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
