@@ -10,9 +10,9 @@ settings (STAGE1 / STAGE2 of speechllama/pipeline.py, steps shortened) as:
     c   torchrun --nproc_per_node 2, 1 thread per rank
 
 on the same data for the same number of steps, one after the other in ONE run, and prints
-utterances/s and the ratios c/a, c/a_p, c/b. Throughput comes from the runs' own log.jsonl:
-`items_per_s` of the last row (from the first step, as the CLI reports it) and the steady rate
-between the first logged row past the warm-up and the last one. See docs/bench.md.
+utterances/s and the ratios c/a, c/a_p, c/b, a/b. The training time comes from each run's
+log.jsonl; the utterances are counted exactly by replaying every rank's sampler (the loop's own
+`items_per_s` counts rank 0 times the world size) and also shown as logged. See docs/bench.md.
 
     .venv/bin/python bench/bench_ddp.py --data runs/demo/data --compressor runs/demo/ctc
 """
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default="runs/demo/data", help="corpus folder with train.jsonl")
     p.add_argument("--compressor", default="runs/demo/ctc", help="stage-1 run for stage 2")
     p.add_argument("--steps1", type=int, default=150, help="stage-1 steps per run")
-    p.add_argument("--steps2", type=int, default=8, help="stage-2 steps per run (0: skip stage 2)")
+    p.add_argument("--steps2", type=int, default=20, help="stage-2 steps per run (0: skip stage 2)")
     p.add_argument("--repeats", type=int, default=1, help="rounds of all configs (median reported)")
     p.add_argument("--configs", default="a,a_p,b,c", help="subset of " + ",".join(CONFIGS))
     p.add_argument("--keep", action="store_true", help="keep the temporary run folders")
@@ -83,6 +83,28 @@ def steady_rate(rows: list[dict], skip: int) -> float:
     return items / (last["elapsed_s"] - first["elapsed_s"])
 
 
+def exact_items(stage: str, steps: int, args) -> dict[int, int]:
+    """Utterances in the first ``steps`` batches of all ranks, for 1 and for 2 processes: the
+    sampler is a pure function of the items' lengths, the seed, the rank and the world size."""
+    from speechllama.config import load_config
+    from speechllama.data.batching import LengthBucketSampler
+
+    extra = [f"data.train={Path(args.data) / 'train.jsonl'}"]
+    if stage == "ctc":
+        from speechllama.tasks.ctc import CTCTask as Task
+    else:
+        from speechllama.tasks.speech_llm import SpeechLLMTask as Task
+        extra.append(f"speech_llm.compressor={args.compressor}")
+    cfg = load_config(None, overrides(stage, steps) + extra)
+    frames = Task(cfg, progress=False).sampler.lengths
+    out = {}
+    for world in (1, 2):
+        samplers = [iter(LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
+                                             rank=r, world_size=world)) for r in range(world)]
+        out[world] = sum(len(next(it)) for it in samplers for _ in range(steps))
+    return out
+
+
 def run_one(stage: str, name: str, out: Path, args) -> dict:
     desc, procs, threads, extra = CONFIGS[name]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), **extra}
@@ -99,31 +121,29 @@ def run_one(stage: str, name: str, out: Path, args) -> dict:
     steps = rows[-1]["step"]
     result = {"wall": wall, "log": rows[-1]["items_per_s"], "train_s": rows[-1]["elapsed_s"],
               "steady": steady_rate(rows, max(2, steps // 5)), "steps": steps,
-              "load": os.getloadavg()[0]}
+              "batches": steps * procs / rows[-1]["elapsed_s"], "load": os.getloadavg()[0]}
     print(f"[bench] {stage} {name} ({desc}): {result}", file=sys.stderr, flush=True)
     return result
 
 
 def print_stage(stage: str, results: dict[str, list[dict]], steps: int) -> None:
-    keys = ("log", "steady", "train_s", "wall", "load")
+    keys = ("exact", "log", "steady", "batches", "train_s", "wall", "load")
     med = {n: {k: statistics.median(r[k] for r in rs) for k in keys} for n, rs in results.items()}
     reps = len(next(iter(results.values())))
     print(f"\n### `speechllama train {stage}`, {steps} steps per run, demo settings "
           f"(median of {reps} run{'s' if reps > 1 else ''})\n")
-    print("| config | utt/s (log, from step 1) | utt/s (steady) | training s | wall s (with start-up) "
-          "| load avg at end |\n|---|---:|---:|---:|---:|---:|")
+    print("| config | utt/s exact | utt/s log | utt/s log, steady | batches/s | training s | "
+          "wall s (with start-up) | load avg at end |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for n, m in med.items():
-        print(f"| {n}: {CONFIGS[n][0]} | {m['log']:.2f} | {m['steady']:.2f} | {m['train_s']:.1f} | "
-              f"{m['wall']:.1f} | {m['load']:.2f} |")
-    if "c" in med:
-        print("\n| ratio | from log | steady |\n|---|---:|---:|")
-        for base in ("a", "a_p", "b"):
-            if base in med:
-                print(f"| c / {base} | {med['c']['log'] / med[base]['log']:.2f} | "
-                      f"{med['c']['steady'] / med[base]['steady']:.2f} |")
-    if "a" in med and "b" in med:
-        print(f"| a / b (2 threads vs 1, one process) | {med['a']['log'] / med['b']['log']:.2f} | "
-              f"{med['a']['steady'] / med['b']['steady']:.2f} |")
+        print(f"| {n}: {CONFIGS[n][0]} | {m['exact']:.2f} | {m['log']:.2f} | {m['steady']:.2f} | "
+              f"{m['batches']:.3f} | {m['train_s']:.1f} | {m['wall']:.1f} | {m['load']:.2f} |")
+    pairs = [("c", b) for b in ("a", "a_p", "b")] + [("a", "b")]
+    print("\n| ratio | utt/s exact | utt/s log | utt/s log, steady | batches/s |\n"
+          "|---|---:|---:|---:|---:|")
+    for x, y in pairs:
+        if x in med and y in med:
+            print(f"| {x} / {y} | " + " | ".join(f"{med[x][k] / med[y][k]:.2f}" for k in keys[:4])
+                  + " |")
 
 
 def main(argv=None) -> int:
@@ -148,6 +168,10 @@ def main(argv=None) -> int:
             for rep in range(args.repeats):
                 for n in names:  # interleaved, so drift in machine load hits every config alike
                     results[n].append(run_one(stage, n, tmp / f"{stage}-{n}-{rep}", args))
+            items = exact_items(stage, steps, args)  # after the timed runs: costs no timing
+            for n, rs in results.items():
+                for r in rs:
+                    r["exact"] = items[CONFIGS[n][1]] / r["train_s"]
             print_stage(stage, results, steps)
     finally:
         if args.keep:

@@ -4,11 +4,9 @@ corpus -> stage 1 (CTC compressor) -> its evaluation -> stage 2 (audio encoder +
 -> evaluation on the test split -> the exported model translates and transcribes two test files.
 
 Stage 1 runs as ``torchrun --nproc_per_node N`` (default 2 one-thread ranks: the small compressor's
-matrices do not scale across threads; on this 2-core machine two ranks trained it at ~105
-utterances/s against ~60 for one 2-thread process); stage 2 runs as one process with all threads
-(SmolLM2's larger matrices do scale: 4.7 utterances/s against 3.7 for two ranks). Those figures
-come from separate runs on an otherwise idle machine; bench/bench_ddp.py measures the ratios side
-by side. Every stage is skipped when already complete and training resumes, so an interrupted
+matrices do not scale across threads; bench/bench_ddp.py, side by side: two ranks 1.32x a plain
+2-thread process, 1.63x one with OMP_WAIT_POLICY=PASSIVE); stage 2 runs as one process with all
+threads (one 2-thread process 1.07x two ranks). See docs/bench.md. Every stage is skipped when already complete and training resumes, so an interrupted
 demo continues.
 """
 
