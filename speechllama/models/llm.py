@@ -344,18 +344,12 @@ def create_scratch_llm(folder: str | os.PathLike, texts: list[str], hidden: int,
     """Write a randomly initialised LLaMA and a sentencepiece-unigram tokenizer trained on ``texts``
     (the target side of the training data) as a Hugging Face folder; atomic, reused if present.
     ``with_model=False`` writes the tokenizer alone (the encoder-decoder's output vocabulary)."""
-    from tokenizers import SentencePieceUnigramTokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
     if (folder / "tokenizer.json").is_file():
         return folder
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    sp = SentencePieceUnigramTokenizer()
-    sp.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
-                           show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, unk_token="<unk>",
-                                        bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer = _target_tokenizer(texts, vocab_size)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ff_dim,
                          num_hidden_layers=layers, num_attention_heads=heads,
                          num_key_value_heads=heads, max_position_embeddings=2048,
@@ -371,3 +365,28 @@ def create_scratch_llm(folder: str | os.PathLike, texts: list[str], hidden: int,
     except OSError:  # another rank wrote the same folder first
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _target_tokenizer(texts: list[str], vocab_size: int):
+    """A unigram tokenizer trained with sentencepiece (deterministic: one thread), wrapped as a
+    Hugging Face fast tokenizer. (tokenizers' own unigram trainer gave a different vocabulary
+    from run to run.) Ids: <unk> 0, <s> 1, </s> 2, <pad> 3."""
+    import io
+
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([t for t in texts if t.strip()]), model_writer=buf,
+        vocab_size=vocab_size, model_type="unigram", character_coverage=1.0,
+        hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=1,
+        minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
