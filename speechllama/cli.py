@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def cmd_experiment_paper(args) -> int:
 
     table = run_paper(Path(args.data), Path(args.out), args.name,
                       [Path(d) for d in args.extra_train], args.per_group, not args.no_whisper,
-                      args.overrides)
+                      args.overrides, Path(args.compressor) if args.compressor else None,
+                      args.minutes, "speechllama " + shlex.join(args.argv))
     print(f"table: {table}")
     return 0
 
@@ -261,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-group", type=int, default=20,
                    help="test rows per task, language pair and subset")
     p.add_argument("--no-whisper", action="store_true", help="skip the Whisper-base reference")
+    p.add_argument("--compressor", metavar="CKPT",
+                   help="reuse this trained stage-1 compressor instead of training one")
+    p.add_argument("--minutes", type=float, metavar="M",
+                   help="stage-2 wall-time cap per system (default: the demo's 8.5)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides for every run, e.g. train.max_minutes=4")
     p.set_defaults(func=cmd_experiment_paper)
@@ -301,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from .data import CorpusError
     from .pipeline import StageError
 

@@ -24,6 +24,9 @@ SYSTEMS = {
     "no-compression": ["speech_llm.compression=none"],
     "decoder-only-scratch": ["llm.init=scratch", "llm.lora_rank=0"],
     "encoder-decoder": ["speech_llm.system=encoder_decoder", "llm.lora_rank=0"],
+    # the control: Speech-LLaMA trained the same way with its audio vectors replaced by zeros;
+    # whatever it scores comes from the instruction and the target-text prior alone
+    "zero-audio": ["speech_llm.zero_audio=true"],
 }
 
 
@@ -40,7 +43,12 @@ def merge_train(corpora: list[Path], out: Path) -> Path:
 
 
 def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: list[Path] = (),
-              per_group: int = 20, whisper: bool = True, overrides: list[str] = ()) -> Path:
+              per_group: int = 20, whisper: bool = True, overrides: list[str] = (),
+              compressor: Path | None = None, minutes: float | None = None,
+              command: str = "") -> Path:
+    """Train (or reuse ``compressor``) the CTC compressor, then every system of SYSTEMS with the
+    demo's stage-2 settings (``minutes``: wall-time cap per system instead of the demo's), and
+    write OUT/NAME.md, .json and .png. ``command`` is printed in the table as its reproduction."""
     from .evaluate import evaluate_model
 
     runs = out / f"{name}-runs"
@@ -48,12 +56,16 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
     t = Timings(runs)
     train = merge_train([data, *extra_train], runs / "data") if extra_train else data / "train.jsonl"
     common = [f"data.train={train}", f"data.dev={data / 'dev.jsonl'}"]
-    t.run("ctc", _train, "ctc", runs / "ctc", common + STAGE1 + list(overrides), 2)
+    if compressor is None:
+        compressor = runs / "ctc"
+        t.run("ctc", _train, "ctc", compressor, common + STAGE1 + list(overrides), 2)
+    budget = [f"train.max_minutes={minutes}"] if minutes else []
     results = {}
     for system, extra in SYSTEMS.items():
         run_dir = runs / system
         t.run(system, _train, "speech-llm", run_dir,
-              ["--compressor", str(runs / "ctc")] + common + STAGE2 + extra + list(overrides), 1)
+              ["--compressor", str(compressor)] + common + STAGE2 + budget + extra + list(overrides),
+              1)
         model_dir = export_model(latest_checkpoint(run_dir), runs / f"{system}-model")
         report_file = runs / f"{system}-test.json"
         if not report_file.exists():
@@ -62,7 +74,7 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
         results[system] = _summary(json.loads(report_file.read_text()), t.data.get(system))
     if whisper:
         results["whisper-base"] = _whisper(data / "test.jsonl", per_group, runs)
-    return write_table(results, out / name, data, per_group)
+    return write_table(results, out / name, data, per_group, command)
 
 
 def _summary(report: dict, train_s: float | None) -> dict:
@@ -121,10 +133,25 @@ def claims(results: dict) -> list[tuple[str, bool, str]]:
     ]
 
 
-def write_table(results: dict, out: Path, data: Path, per_group: int) -> Path:
+def control(results: dict) -> str:
+    """Speech-LLaMA against the same training with its audio replaced by zeros."""
+    s, z = results["speech-llama"], results["zero-audio"]
+    fmt = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
+    bleu = None if None in (s["macro_bleu"], z["macro_bleu"]) else s["macro_bleu"] - z["macro_bleu"]
+    wer = None if None in (s["asr_wer"], z["asr_wer"]) else s["asr_wer"] - z["asr_wer"]
+    return (f"Speech-LLaMA minus the zero-audio control (same data, budget and settings; only the "
+            f"instruction and the text prior to go on): BLEU {'–' if bleu is None else f'{bleu:+.1f}'}, "
+            f"ASR WER {'–' if wer is None else f'{wer:+.1f}'} points (control: BLEU "
+            f"{fmt(z['macro_bleu'])}, WER {fmt(z['asr_wer'])}).")
+
+
+def write_table(results: dict, out: Path, data: Path, per_group: int, command: str = "") -> Path:
     pairs = sorted({p for r in results.values() for p in r["bleu"]})
     lines = [f"# The paper's systems on `{data}` (test split, first {per_group} rows per task, "
-             "language pair and subset)", "",
+             "language pair and subset)", ""]
+    if command:
+        lines += [f"Reproduce: `{command}`", ""]
+    lines += [
              "| system | " + " | ".join(f"BLEU {p}" for p in pairs) +
              " | BLEU avg | BLEU numbers | BLEU sentences | ASR WER % | trainable | total | train s | RTFx |",
              "|---|" + "---:|" * (len(pairs) + 8)]
@@ -138,6 +165,8 @@ def write_table(results: dict, out: Path, data: Path, per_group: int) -> Path:
     lines += ["", "## The paper's claims", ""]
     lines += [f"- {text}: **{'reproduced' if ok else 'not reproduced'}** ({why})"
               for text, ok, why in claims(results)]
+    if "zero-audio" in results:
+        lines += ["", "## Control", "", control(results)]
     lines += ["", f"![BLEU by system]({out.name}.png)"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))

@@ -58,8 +58,10 @@ def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
     table = (tmp_path / "results" / "paper-table.md").read_text()
     results = json.loads((tmp_path / "results" / "paper-table.json").read_text())
     assert set(results) == {"speech-llama", "remove-blank", "causal-mask", "no-lora",
-                            "no-compression", "decoder-only-scratch", "encoder-decoder"}
+                            "no-compression", "decoder-only-scratch", "encoder-decoder", "zero-audio"}
     assert table.count("reproduced") == 5 and (tmp_path / "results" / "paper-table.png").exists()
+    assert "Reproduce: `speechllama experiment paper --data" in table and "zero-audio control" in table
+    assert results["zero-audio"]["trainable"] == results["speech-llama"]["trainable"]
     lora, no_lora = results["speech-llama"], results["no-lora"]
     assert lora["trainable"] > no_lora["trainable"] and lora["total"] > no_lora["total"]
     share = {k: v["trainable"] / v["total"] for k, v in results.items()}
