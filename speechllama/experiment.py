@@ -51,6 +51,10 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
     write OUT/NAME.md, .json and .png. ``command`` is printed in the table as its reproduction."""
     from .evaluate import evaluate_model
 
+    if whisper:  # fail now, not after an hour of training
+        from .whisper_peer import whisper_model_dir
+
+        whisper_model_dir()
     runs = out / f"{name}-runs"
     runs.mkdir(parents=True, exist_ok=True)
     t = Timings(runs)

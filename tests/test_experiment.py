@@ -67,3 +67,19 @@ def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
     share = {k: v["trainable"] / v["total"] for k, v in results.items()}
     assert share["encoder-decoder"] == 1.0  # trained from scratch: every weight
     assert share["decoder-only-scratch"] > share["speech-llama"]  # its whole LLM trains
+
+
+def test_paper_experiment_without_the_whisper_extra_fails_before_training(tmp_path, monkeypatch,
+                                                                          capsys):
+    import importlib.util
+
+    from speechllama.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "faster_whisper" else real(name, *a))
+    corpus = tmp_path / "corpus"
+    for split in ("train", "dev", "test"):
+        write_corpus(corpus, TWO_UTTERANCES, split)
+    assert main(["experiment", "paper", "--data", str(corpus), "--out", str(tmp_path / "r")]) == 2
+    assert '.[bench]' in capsys.readouterr().err and not (tmp_path / "r").exists()
