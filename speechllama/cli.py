@@ -191,7 +191,7 @@ def cmd_experiment_paper(args) -> int:
     table = run_paper(Path(args.data), Path(args.out), args.name,
                       [Path(d) for d in args.extra_train], args.per_group, not args.no_whisper,
                       args.overrides, Path(args.compressor) if args.compressor else None,
-                      args.minutes, "speechllama " + shlex.join(args.argv))
+                      args.minutes, args.steps, "speechllama " + shlex.join(args.argv))
     print(f"table: {table}")
     return 0
 
@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse this trained stage-1 compressor instead of training one")
     p.add_argument("--minutes", type=float, metavar="M",
                    help="stage-2 wall-time cap per system (default: the demo's 8.5)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="stage-2 steps per system, no time cap (same data for every system, "
+                        "reproducible on a loaded machine)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides for every run, e.g. train.max_minutes=4")
     p.set_defaults(func=cmd_experiment_paper)

@@ -45,10 +45,12 @@ def merge_train(corpora: list[Path], out: Path) -> Path:
 def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: list[Path] = (),
               per_group: int = 20, whisper: bool = True, overrides: list[str] = (),
               compressor: Path | None = None, minutes: float | None = None,
-              command: str = "") -> Path:
+              steps: int | None = None, command: str = "") -> Path:
     """Train (or reuse ``compressor``) the CTC compressor, then every system of SYSTEMS with the
-    demo's stage-2 settings (``minutes``: wall-time cap per system instead of the demo's), and
-    write OUT/NAME.md, .json and .png. ``command`` is printed in the table as its reproduction."""
+    demo's stage-2 settings, and write OUT/NAME.md, .json and .png. The stage-2 budget per system
+    is the demo's unless ``minutes`` (wall-time cap) or ``steps`` (exactly that many steps, no
+    time cap: the same data for every system, and a result that does not depend on the machine's
+    load) is given. ``command`` is printed in the table as its reproduction."""
     from .evaluate import evaluate_model
 
     if whisper:  # fail now, not after an hour of training
@@ -63,12 +65,14 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
     if compressor is None:
         compressor = runs / "ctc"
         t.run("ctc", _train, "ctc", compressor, common + STAGE1 + list(overrides), 2)
+    # --minutes/--steps win over positional overrides (they come last)
     budget = [f"train.max_minutes={minutes}"] if minutes else []
+    budget += [f"train.max_steps={steps}", "train.max_minutes=0"] if steps else []
     results = {}
     for system, extra in SYSTEMS.items():
         run_dir = runs / system
         t.run(system, _train, "speech-llm", run_dir,
-              ["--compressor", str(compressor)] + common + STAGE2 + budget + extra + list(overrides),
+              ["--compressor", str(compressor)] + common + STAGE2 + extra + list(overrides) + budget,
               1)
         model_dir = export_model(latest_checkpoint(run_dir), runs / f"{system}-model")
         report_file = runs / f"{system}-test.json"

@@ -53,7 +53,7 @@ def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
             "llm.scratch_vocab=40", "seq2seq.decoder_dim=32", "seq2seq.decoder_ff=64",
             "seq2seq.decoder_layers=1", "seq2seq.extra_encoder_layers=1"]
     args = ["experiment", "paper", "--data", str(corpus), "--out", str(tmp_path / "results"),
-            "--per-group", "1", "--no-whisper", *tiny]
+            "--per-group", "1", "--no-whisper", "--steps", "3", *tiny]
     assert main(args) == 0
     table = (tmp_path / "results" / "paper-table.md").read_text()
     results = json.loads((tmp_path / "results" / "paper-table.json").read_text())
@@ -62,6 +62,10 @@ def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
     assert table.count("reproduced") == 5 and (tmp_path / "results" / "paper-table.png").exists()
     assert "Reproduce: `speechllama experiment paper --data" in table and "zero-audio control" in table
     assert results["zero-audio"]["trainable"] == results["speech-llama"]["trainable"]
+    # --steps: every system trains exactly that many stage-2 steps (stage 1 keeps max_steps=2)
+    runs = tmp_path / "results" / "paper-table-runs"
+    assert (runs / "ctc" / "step-000002").is_dir()
+    assert all((runs / s / "step-000003").is_dir() for s in results)
     lora, no_lora = results["speech-llama"], results["no-lora"]
     assert lora["trainable"] > no_lora["trainable"] and lora["total"] > no_lora["total"]
     share = {k: v["trainable"] / v["total"] for k, v in results.items()}
