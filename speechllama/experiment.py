@@ -112,6 +112,8 @@ def _whisper(manifest: Path, per_group: int, runs: Path) -> dict:
     seconds = time.time() - start
     rows = [{"id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
              "ref": u.tgt_text, "hyp": h} for u, h in zip(utts, hyps)]
+    (runs / "whisper-base-test.hyp.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     scored = score_rows(rows)
     report = {"table": scored["table"], "macro": scored["macro"], "rtfx":
               sum(len(w) for w in waves) / 16000 / seconds,
@@ -121,40 +123,89 @@ def _whisper(manifest: Path, per_group: int, runs: Path) -> dict:
     return summary
 
 
-def claims(results: dict) -> list[tuple[str, bool, str]]:
-    """The paper's claims (1)-(5): (statement, reproduced?, evidence)."""
-    b = {k: v["macro_bleu"] for k, v in results.items()}
+LEARNED = 1.0  # macro BLEU below which a system has not learned the task: no verdict between two
+ALPHA = 0.05  # significance level of the paired bootstrap
+
+
+def paired_p(runs: Path, a: str, b: str) -> float | None:
+    """p-value that ``a`` and ``b`` differ in BLEU: sacrebleu's paired bootstrap (1000 resamples,
+    fixed seed) on the ST rows both scored (pooled over language pairs); None without hypotheses."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    def st(system: str) -> dict:
+        f = runs / f"{system}-test.hyp.jsonl"
+        rows = map(json.loads, f.read_text().splitlines()) if f.exists() else []
+        return {r["id"]: r for r in rows if r["task"] == "st"}
+
+    ha, hb = st(a), st(b)
+    ids = sorted(set(ha) & set(hb))
+    if len(ids) < 2:
+        return None
+    if all(ha[i]["hyp"] == hb[i]["hyp"] for i in ids):
+        return 1.0  # sacrebleu's bootstrap degenerates (p = 1/(n+1)) on identical outputs
+    test = PairedTest([(a, [ha[i]["hyp"] for i in ids]), (b, [hb[i]["hyp"] for i in ids])],
+                      {"BLEU": BLEU()}, [[ha[i]["ref"] for i in ids]], test_type="bs",
+                      n_samples=1000)
+    return test()[1]["BLEU"][1].p_value
+
+
+def verdict(results: dict, runs: Path, a: str, b: str, same: bool = False) -> tuple[str, str]:
+    """Does ``a`` beat ``b`` (``same``: match it)? (verdict, evidence): reproduced, not reproduced,
+    or inconclusive when neither system has learned the task or the difference is not significant."""
+    x, y = results[a]["macro_bleu"], results[b]["macro_bleu"]
+    if x is None or y is None:
+        return "inconclusive", "no BLEU"
+    p = paired_p(runs, a, b)
+    why = f"{x - y:+.1f} BLEU vs {b}" + ("" if p is None else f", paired bootstrap p={p:.2f}")
+    if max(x, y) < LEARNED:
+        return "inconclusive", why + f"; both below {LEARNED:.0f} BLEU, neither has learned the task"
+    significant = p is not None and p < ALPHA
+    if same:
+        return ("not reproduced" if significant and x < y else "reproduced"), why
+    if not significant:
+        return "inconclusive", why + " (not significant)"
+    return ("reproduced" if x > y else "not reproduced"), why
+
+
+def claims(results: dict, runs: Path) -> list[tuple[str, str, str]]:
+    """The paper's claims (1)-(5): (statement, verdict, evidence)."""
+    b = {k: v["macro_bleu"] or 0.0 for k, v in results.items()}
     base = max(("encoder-decoder", "decoder-only-scratch"), key=lambda k: b[k])
-    d = lambda x, y: b[x] - b[y]  # noqa: E731
     ratio = results["decoder-only-scratch"]["total"] / results["encoder-decoder"]["total"]
+    size, why = verdict(results, runs, "decoder-only-scratch", "encoder-decoder", same=True)
+    if ratio >= 0.7:
+        size = "not reproduced"
     return [
         ("(1) Speech-LLaMA beats the strongest baseline trained from scratch (paper: up to +5.6 BLEU)",
-         d("speech-llama", base) > 0, f"{d('speech-llama', base):+.1f} BLEU vs {base}"),
+         *verdict(results, runs, "speech-llama", base)),
         ("(2) frame-averaging beats blank-removing (paper: +1.5 BLEU)",
-         d("speech-llama", "remove-blank") > 0, f"{d('speech-llama', 'remove-blank'):+.1f} BLEU"),
+         *verdict(results, runs, "speech-llama", "remove-blank")),
         ("(3) the non-causal audio mask beats the causal one",
-         d("speech-llama", "causal-mask") > 0, f"{d('speech-llama', 'causal-mask'):+.1f} BLEU"),
-        ("(4) LoRA on the frozen LLM helps", d("speech-llama", "no-lora") > 0,
-         f"{d('speech-llama', 'no-lora'):+.1f} BLEU"),
+         *verdict(results, runs, "speech-llama", "causal-mask")),
+        ("(4) LoRA on the frozen LLM helps", *verdict(results, runs, "speech-llama", "no-lora")),
         ("(5) a decoder-only model from scratch matches the encoder-decoder with ~40% fewer "
-         "parameters", d("decoder-only-scratch", "encoder-decoder") >= -1.0 and ratio < 0.7,
-         f"{d('decoder-only-scratch', 'encoder-decoder'):+.1f} BLEU at {ratio:.2f}x the parameters"),
+         "parameters", size, f"{why}; {ratio:.2f}x the parameters"),
     ]
 
 
-def control(results: dict) -> str:
+def control(results: dict, runs: Path) -> str:
     """Speech-LLaMA against the same training with its audio replaced by zeros."""
     s, z = results["speech-llama"], results["zero-audio"]
     fmt = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
     bleu = None if None in (s["macro_bleu"], z["macro_bleu"]) else s["macro_bleu"] - z["macro_bleu"]
     wer = None if None in (s["asr_wer"], z["asr_wer"]) else s["asr_wer"] - z["asr_wer"]
+    p = paired_p(runs, "speech-llama", "zero-audio")
     return (f"Speech-LLaMA minus the zero-audio control (same data, budget and settings; only the "
-            f"instruction and the text prior to go on): BLEU {'–' if bleu is None else f'{bleu:+.1f}'}, "
+            f"instruction and the text prior to go on): BLEU {'–' if bleu is None else f'{bleu:+.1f}'}"
+            f"{'' if p is None else f' (paired bootstrap p={p:.2f})'}, "
             f"ASR WER {'–' if wer is None else f'{wer:+.1f}'} points (control: BLEU "
             f"{fmt(z['macro_bleu'])}, WER {fmt(z['asr_wer'])}).")
 
 
-def write_table(results: dict, out: Path, data: Path, per_group: int, command: str = "") -> Path:
+def write_table(results: dict, out: Path, data: Path, per_group: int, command: str = "",
+                runs: Path | None = None) -> Path:
+    runs = runs or out.parent / f"{out.name}-runs"
     pairs = sorted({p for r in results.values() for p in r["bleu"]})
     lines = [f"# The paper's systems on `{data}` (test split, first {per_group} rows per task, "
              "language pair and subset)", ""]
@@ -172,10 +223,12 @@ def write_table(results: dict, out: Path, data: Path, per_group: int, command: s
                      f"{r['trainable'] / 1e6:.2f}M | {r['total'] / 1e6:.1f}M | "
                      f"{fmt(r['train_seconds'], '{:.0f}')} | {fmt(r['rtfx'])} |")
     lines += ["", "## The paper's claims", ""]
-    lines += [f"- {text}: **{'reproduced' if ok else 'not reproduced'}** ({why})"
-              for text, ok, why in claims(results)]
+    lines += [f"- {text}: **{ok}** ({why})" for text, ok, why in claims(results, runs)]
+    lines += ["", f"Verdicts: a claim is *inconclusive* when both systems are below {LEARNED:.0f} "
+              f"BLEU or their difference is not significant (paired bootstrap over the ST rows, "
+              f"p >= {ALPHA})."]
     if "zero-audio" in results:
-        lines += ["", "## Control", "", control(results)]
+        lines += ["", "## Control", "", control(results, runs)]
     lines += ["", f"![BLEU by system]({out.name}.png)"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))

@@ -59,7 +59,10 @@ def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
     results = json.loads((tmp_path / "results" / "paper-table.json").read_text())
     assert set(results) == {"speech-llama", "remove-blank", "causal-mask", "no-lora",
                             "no-compression", "decoder-only-scratch", "encoder-decoder", "zero-audio"}
-    assert table.count("reproduced") == 5 and (tmp_path / "results" / "paper-table.png").exists()
+    verdicts = [line for line in table.splitlines() if line.startswith("- (")]
+    assert len(verdicts) == 5 and (tmp_path / "results" / "paper-table.png").exists()
+    # two-step toy systems have learned nothing: no claim may be called reproduced
+    assert all("**inconclusive**" in line for line in verdicts[:4]), verdicts
     assert "Reproduce: `speechllama experiment paper --data" in table and "zero-audio control" in table
     assert results["zero-audio"]["trainable"] == results["speech-llama"]["trainable"]
     # --steps: every system trains exactly that many stage-2 steps (stage 1 keeps max_steps=2)
@@ -87,3 +90,20 @@ def test_paper_experiment_without_the_whisper_extra_fails_before_training(tmp_pa
         write_corpus(corpus, TWO_UTTERANCES, split)
     assert main(["experiment", "paper", "--data", str(corpus), "--out", str(tmp_path / "r")]) == 2
     assert '.[bench]' in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_claim_verdicts_need_learned_systems_and_a_significant_difference(tmp_path):
+    from speechllama.experiment import verdict
+
+    refs = [f"the number {i} is not {i + 1} today" for i in range(40)]
+    good = [{"id": f"u{i}-st", "task": "st", "ref": r, "hyp": r} for i, r in enumerate(refs)]
+    bad = [dict(g, hyp="something else entirely") for g in good]
+    for name, rows in (("a", good), ("b", bad), ("c", good)):
+        (tmp_path / f"{name}-test.hyp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"a": {"macro_bleu": 100.0}, "b": {"macro_bleu": 0.0}, "c": {"macro_bleu": 100.0},
+               "z": {"macro_bleu": 0.4}, "y": {"macro_bleu": 0.2}}
+    assert verdict(results, tmp_path, "a", "b")[0] == "reproduced"
+    assert verdict(results, tmp_path, "b", "a")[0] == "not reproduced"
+    assert verdict(results, tmp_path, "a", "c")[0] == "inconclusive"  # identical outputs
+    assert verdict(results, tmp_path, "a", "c", same=True)[0] == "reproduced"
+    assert verdict(results, tmp_path, "z", "y")[0] == "inconclusive"  # neither learned anything
