@@ -9,11 +9,31 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+# an integer as Whisper writes it ("1938", "2,013", "1.736"), with an optional ordinal ending
+_NUMBER = re.compile(r"(\d{1,3}(?:[,.\u00a0 ]\d{3})+|\d+)(?:st|nd|rd|th|ème|er|e|º|ª)?\.?")
+
+
+def spell_numbers(text: str, lang: str, kind: str = "cardinal") -> str:
+    """Whisper writes numbers as digits; the demo corpus's number rows spell them out
+    (``num2words``, kind cardinal/year/ordinal from the row id). Spelling Whisper's digits out the
+    same way scores its words, not its formatting; applied to those rows only."""
+    from num2words import num2words
+
+    def spell(m: re.Match) -> str:
+        n = int(re.sub(r"\D", "", m.group(1)))
+        try:
+            return num2words(n, lang=lang, to=kind)
+        except (NotImplementedError, OverflowError, ValueError):
+            return m.group(0)
+
+    return _NUMBER.sub(spell, text)
 
 WHISPER_BASE_PARAMS = 74_000_000  # Whisper-base, as published
 

@@ -107,3 +107,13 @@ def test_claim_verdicts_need_learned_systems_and_a_significant_difference(tmp_pa
     assert verdict(results, tmp_path, "a", "c")[0] == "inconclusive"  # identical outputs
     assert verdict(results, tmp_path, "a", "c", same=True)[0] == "reproduced"
     assert verdict(results, tmp_path, "z", "y")[0] == "inconclusive"  # neither learned anything
+
+
+def test_whisper_digits_are_spelled_out_like_the_number_references():
+    from speechllama.whisper_peer import spell_numbers
+
+    assert spell_numbers("1938", "en", "year") == "nineteen thirty-eight"
+    assert spell_numbers("2,013.", "en") == "two thousand and thirteen"
+    assert spell_numbers("45th", "en", "ordinal") == "forty-fifth"
+    assert spell_numbers("Das sind 175", "de") == "Das sind einhundertfünfundsiebzig"
+    assert spell_numbers("no digits here", "fr") == "no digits here"
