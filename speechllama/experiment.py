@@ -128,6 +128,7 @@ def _whisper(manifest: Path, per_group: int, runs: Path) -> dict:
 
 LEARNED = 1.0  # macro BLEU below which a system has not learned the task: no verdict between two
 ALPHA = 0.05  # significance level of the paired bootstrap
+CONTROL = "zero-audio"  # a system must beat this to have learned anything from the audio
 
 
 def paired_p(runs: Path, a: str, b: str) -> float | None:
@@ -163,6 +164,13 @@ def verdict(results: dict, runs: Path, a: str, b: str, same: bool = False) -> tu
     why = f"{x - y:+.1f} BLEU vs {b}" + ("" if p is None else f", paired bootstrap p={p:.2f}")
     if max(x, y) < LEARNED:
         return "inconclusive", why + f"; both below {LEARNED:.0f} BLEU, neither has learned the task"
+    best = a if x >= y else b
+    if CONTROL in results and best != CONTROL:
+        z, pz = results[CONTROL]["macro_bleu"], paired_p(runs, best, CONTROL)
+        if z is not None and (results[best]["macro_bleu"] <= z or pz is None or pz >= ALPHA):
+            return "inconclusive", why + (f"; {best} does not significantly beat the zero-audio "
+                                          f"control (p={'–' if pz is None else f'{pz:.2f}'}): "
+                                          "its BLEU comes from the text prior, not from listening")
     significant = p is not None and p < ALPHA
     if same:
         return ("not reproduced" if significant and x < y else "reproduced"), why
@@ -228,7 +236,8 @@ def write_table(results: dict, out: Path, data: Path, per_group: int, command: s
     lines += ["", "## The paper's claims", ""]
     lines += [f"- {text}: **{ok}** ({why})" for text, ok, why in claims(results, runs)]
     lines += ["", f"Verdicts: a claim is *inconclusive* when both systems are below {LEARNED:.0f} "
-              f"BLEU or their difference is not significant (paired bootstrap over the ST rows, "
+              f"BLEU, when the better one does not significantly beat the zero-audio control, or "
+              f"when their difference is not significant (paired bootstrap over the ST rows, "
               f"p >= {ALPHA})."]
     if "zero-audio" in results:
         lines += ["", "## Control", "", control(results, runs)]

@@ -107,6 +107,14 @@ def test_claim_verdicts_need_learned_systems_and_a_significant_difference(tmp_pa
     assert verdict(results, tmp_path, "a", "c")[0] == "inconclusive"  # identical outputs
     assert verdict(results, tmp_path, "a", "c", same=True)[0] == "reproduced"
     assert verdict(results, tmp_path, "z", "y")[0] == "inconclusive"  # neither learned anything
+    # with a zero-audio control, the better system must beat it too
+    (tmp_path / "zero-audio-test.hyp.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in good))
+    assert verdict(results | {"zero-audio": {"macro_bleu": 100.0}}, tmp_path, "a", "b")[0] == \
+        "inconclusive"
+    (tmp_path / "zero-audio-test.hyp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    assert verdict(results | {"zero-audio": {"macro_bleu": 0.0}}, tmp_path, "a", "b")[0] == \
+        "reproduced"
 
 
 def test_whisper_digits_are_spelled_out_like_the_number_references():
