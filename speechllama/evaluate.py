@@ -107,6 +107,12 @@ def subset_of(utt_id: str) -> str:
     return "numbers" if "-num-" in utt_id else "sentences"
 
 
+def number_kind(utt_id: str) -> str | None:
+    """The num2words kind (cardinal, year, ordinal) of a number row ``<lang>-num-<kind>-<n>-<task>``;
+    None for a sentence row."""
+    return utt_id.split("-num-")[1].split("-")[0] if subset_of(utt_id) == "numbers" else None
+
+
 def translation_scores(refs: list[str], hyps: list[str]) -> dict:
     """Corpus BLEU and chrF (sacrebleu, default 13a tokenisation) with their signatures."""
     import sacrebleu

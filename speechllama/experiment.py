@@ -98,7 +98,7 @@ def _whisper(manifest: Path, per_group: int, runs: Path) -> dict:
     """Whisper-base (beam 5, int8): translate the ST rows, transcribe the ASR rows; RTFx over both."""
     from .audio import load_audio
     from .data import read_manifest
-    from .evaluate import first_per_group, score_rows
+    from .evaluate import first_per_group, number_kind, score_rows
     from .whisper_peer import WHISPER_BASE_PARAMS, WhisperPeer, spell_numbers
 
     cached = runs / "whisper-base-test.json"
@@ -110,9 +110,9 @@ def _whisper(manifest: Path, per_group: int, runs: Path) -> dict:
     hyps = [peer.run(w, u.src_lang, "translate" if u.task == "st" else "transcribe", beam=5)
             for u, w in zip(utts, waves)]
     seconds = time.time() - start
-    # number rows ("<lang>-num-<kind>-<n>-<task>"): spell Whisper's digits out like the references
-    hyps = [spell_numbers(h, u.tgt_lang, u.id.split("-num-")[1].split("-")[0])
-            if "-num-" in u.id else h for u, h in zip(utts, hyps)]
+    # number rows: spell Whisper's digits out like the references
+    hyps = [spell_numbers(h, u.tgt_lang, kind) if (kind := number_kind(u.id)) else h
+            for u, h in zip(utts, hyps)]
     rows = [{"id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
              "ref": u.tgt_text, "hyp": h} for u, h in zip(utts, hyps)]
     (runs / "whisper-base-test.hyp.jsonl").write_text(

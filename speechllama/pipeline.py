@@ -6,8 +6,8 @@ corpus -> stage 1 (CTC compressor) -> its evaluation -> stage 2 (audio encoder +
 Stage 1 runs as ``torchrun --nproc_per_node N`` (default 2 one-thread ranks: the small compressor's
 matrices do not scale across threads; bench/bench_ddp.py, side by side: two ranks 1.32x a plain
 2-thread process, 1.63x one with OMP_WAIT_POLICY=PASSIVE); stage 2 runs as one process with all
-threads (one 2-thread process 1.07x two ranks). See docs/bench.md. Every stage is skipped when already complete and training resumes, so an interrupted
-demo continues.
+threads (one 2-thread process 1.07x two ranks). See docs/bench.md. Every stage is skipped when
+already complete and training resumes, so an interrupted demo continues.
 """
 
 from __future__ import annotations

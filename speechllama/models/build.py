@@ -97,8 +97,10 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
         if ctc_tokenizer is None:
             raise ValueError("speech_llm.piece_prior needs the compressor's CTC tokenizer")
         prior = piece_embeddings(ctc_tokenizer, tokenizer, llm.get_input_embeddings())
-    embed = llm.get_input_embeddings().weight.detach().float()
-    out_rms = float(embed.pow(2).mean(-1).sqrt().mean()) if s.match_embedding_scale else 0.0
+    out_rms = 0.0
+    if s.match_embedding_scale:  # the RMS of the LLM's token embeddings
+        embed = llm.get_input_embeddings().weight.detach().float()
+        out_rms = float(embed.pow(2).mean(-1).sqrt().mean())
     encoder = AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads,
                            s.encoder_layers, s.encoder_ff, s.dropout, llm.config.hidden_size, prior,
                            out_rms)

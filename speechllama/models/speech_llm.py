@@ -48,10 +48,15 @@ class SpeechLLM(nn.Module):
         """feats (B, T, 80) normalised fbank -> audio embeddings (B, S, H), lengths (B,)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_compressor):
             hidden, logits, n = self.compressor(feats, lengths)  # (B, T', C), (B, T', V_ctc)
-            both = torch.cat([hidden, logits], dim=-1)  # compress states and posteriors alike
-            both, n = ctc_compress(both, logits, n, self.compression)  # (B, S, C + V_ctc)
-        compressed, compressed_logits = both.split([hidden.shape[-1], logits.shape[-1]], dim=-1)
-        audio = self.encoder(compressed, n, compressed_logits.float().softmax(-1))  # (B, S, H)
+            if self.encoder.piece_embeds is None:
+                compressed, n = ctc_compress(hidden, logits, n, self.compression)  # (B, S, C)
+                piece_probs = None
+            else:  # the piece prior also needs the posteriors, compressed the same way
+                both = torch.cat([hidden, logits], dim=-1)
+                both, n = ctc_compress(both, logits, n, self.compression)  # (B, S, C + V_ctc)
+                compressed, kept = both.split([hidden.shape[-1], logits.shape[-1]], dim=-1)
+                piece_probs = kept.float().softmax(-1)  # (B, S, V_ctc)
+        audio = self.encoder(compressed, n, piece_probs)  # (B, S, H)
         return (audio * 0 if self.zero_audio else audio), n
 
     def assemble(self, audio, audio_lengths, before, after, targets=None):
