@@ -3,10 +3,11 @@
 
 For test ASR rows it puts into the audio positions of the real prompt, in turn:
   tokens   the LLM's own input embeddings of the reference transcript (an ideal audio encoder);
-  pieces   the reference cut into the compressor's CTC pieces, each the mean LLM embedding of its
-           text (what ``speech_llm.piece_prior`` starts from, with a perfect compressor);
-  ctc      the compressor's blank-removed soft posteriors times those piece embeddings (the
-           piece prior on the real audio);
+  pieces   the reference cut into the compressor's CTC labels, each label's LLM embedding (exact
+           for LLM-token labels, the mean of its tokens for sentencepiece pieces): what
+           ``speech_llm.piece_prior`` starts from, with a perfect compressor;
+  greedy   the embeddings of the compressor's greedy CTC labels (the piece prior on the real audio);
+  soft     the compressor's blank-removed soft posteriors times the label embeddings;
 and prints the frozen LLM's greedy transcript for each, next to the compressor's greedy CTC text.
 
     .venv/bin/python bench/probe_llm_copy.py --run runs/demo --rows 8
@@ -24,6 +25,7 @@ from speechllama.models.build import load_compressor
 from speechllama.models.ctc_compressor import ctc_compress
 from speechllama.models.llm import build_prompt, default_llm_path, instruction, load_llm
 from speechllama.models.speech_llm import assemble
+from speechllama.text import collapse_ctc
 
 
 def main(argv=None) -> None:
@@ -52,15 +54,17 @@ def main(argv=None) -> None:
     for u in rows:
         with torch.no_grad():
             ref_tokens = embed(torch.tensor(tok(u.tgt_text, add_special_tokens=False)["input_ids"]))
-            ref_pieces = pieces[torch.tensor(bundle.tokenizer.sp.encode(u.tgt_text))]
+            ref_pieces = pieces[torch.tensor(bundle.tokenizer.encode(u.tgt_text))]
             f = bundle.cmvn(fbank(load_audio(u.audio)))[None]
             _, logits, n = bundle.model(f, torch.tensor([f.shape[1]]))
             probs, _ = ctc_compress(logits.softmax(-1), logits, n, "remove_blank")
         print(f"ref     {u.tgt_text!r}")
         print(f"tokens  {read(u, ref_tokens)!r}")
         print(f"pieces  {read(u, ref_pieces)!r}")
-        print(f"ctc     {bundle.tokenizer.decode_ctc(logits[0].argmax(-1).tolist())!r} (greedy CTC)")
-        print(f"        {read(u, probs[0] @ pieces)!r} (LLM reading the soft CTC pieces)\n")
+        greedy = collapse_ctc(logits[0].argmax(-1).tolist())
+        print(f"ctc     {bundle.tokenizer.decode(greedy)!r} (greedy CTC)")
+        print(f"greedy  {read(u, pieces[torch.tensor(greedy, dtype=torch.long)])!r}")
+        print(f"soft    {read(u, probs[0] @ pieces)!r}\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -278,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="train_command", required=True)
     p = train.add_parser("ctc", help="stage 1: the CTC compressor")
     _add_config_args(p)
+    p.add_argument("--llm", help="with compressor.labels=llm_tokens: the LLM whose tokens are the "
+                                 "CTC labels (default: SmolLM2-135M)")
     p.set_defaults(func=cmd_train)
     p = train.add_parser("speech-llm", help="stage 2: audio encoder + LoRA on a frozen LLM")
     _add_config_args(p)
@@ -316,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     from .data import CorpusError
     from .pipeline import StageError
 
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C, children included
     try:
         return args.func(args)
     except (ValueError, OSError, CorpusError, StageError) as e:  # our errors name the file, line or key
@@ -327,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         print("speechllama: interrupted (the last checkpoint is intact; use --resume)",
               file=sys.stderr)
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ class CompressorConfig:
     n_layers: int = 4
     ff_dim: int = 768
     dropout: float = 0.1
-    vocab_size: int = 1000  # sentencepiece pieces incl. <blank>=0 and <unk>; see docs/design.md
+    # CTC labels: llm_tokens (the LLM's own tokens seen in the transcripts; its tokenizer comes
+    # from llm.path) | sentencepiece (a unigram model of vocab_size pieces); docs/design.md
+    labels: str = "llm_tokens"
+    vocab_size: int = 1000  # labels incl. <blank>=0 and <unk>; resolved from the data for llm_tokens
     char_layer: int = 2  # auxiliary character CTC on this layer's output; 0 = none
     char_weight: float = 0.5  # its share of the stage-1 loss
     char_vocab_size: int = 0  # resolved from the training transcripts
@@ -78,14 +81,18 @@ class SpeechLLMConfig:
     freeze_compressor: bool = True
     # experimental (docs/design.md): RMS-normalise audio vectors to the token embeddings' RMS
     match_embedding_scale: bool = False
-    # experimental, not yet shown to help (docs/design.md): add the LLM's embeddings of the CTC
-    # pieces, weighted by their posteriors, to the audio encoder's output
-    piece_prior: bool = False
+    # the piece prior (docs/design.md): each audio vector starts as the LLM's embedding of the
+    # compressor's greedy CTC label, plus a gated learned correction
+    piece_prior: bool = True
     encoder_dim: int = 256
     encoder_layers: int = 4
     encoder_heads: int = 4
     encoder_ff: int = 1024
     dropout: float = 0.1
+    # ASR target text: verbatim (the manifest's transcript) | normalized (text.normalize: lower
+    # case, no punctuation, each word in its word-initial LLM tokens, so a transcript is the very
+    # token sequence the compressor's LLM-token labels spell; docs/design.md)
+    asr_target: str = "verbatim"
     unnamed_language_prob: float = 0.2  # share of training prompts that do not name the source language
     max_target_tokens: int = 96  # longer targets are skipped (counted) in training
     zero_audio: bool = False  # control experiment: the LLM gets zeros in place of the audio
@@ -142,8 +149,10 @@ class ExperimentConfig:
 
 
 CHOICES = {  # string fields with a closed set of values
+    "compressor.labels": ("llm_tokens", "sentencepiece"),
     "speech_llm.compression": ("average", "remove_blank", "none"),
     "speech_llm.audio_mask": ("non_causal", "causal"),
+    "speech_llm.asr_target": ("verbatim", "normalized"),
     "llm.init": ("pretrained", "scratch"),
     "speech_llm.system": ("decoder_only", "encoder_decoder"),
 }

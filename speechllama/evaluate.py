@@ -17,6 +17,7 @@ import jiwer
 import torch
 
 from .data.batching import LengthBucketSampler, pad_feats
+from .checkpoint import CheckpointError
 from .models.build import CompressorBundle, load_compressor
 from .models.ctc_compressor import ctc_compress
 from .text import normalize
@@ -183,6 +184,9 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
               "decoding": dataclasses.asdict(model.options),
               "rtfx": audio_s / max(seconds, 1e-9), "skipped_audio": store.errors,
               "parameters": parameter_counts(model.bundle.model), **score_rows(rows)}
+    ctc_rows = compressor_asr_rows(model.bundle.path, utts, store)
+    if ctc_rows:  # the bar stage 2 must clear: its own compressor's transcript of the same rows
+        report["compressor_asr"] = score_rows(ctc_rows)["macro"]
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +195,20 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         write_report(report, out, model_report_markdown(report))
     return report
+
+
+def compressor_asr_rows(folder: Path, utts: list, store) -> list[dict]:
+    """Rows like ``evaluate_model``'s with the greedy CTC transcript of the model's own (frozen)
+    compressor as the hypothesis of each ASR row; [] when the model has no compressor whose labels
+    can be read (the encoder-decoder, or LLM-token labels of another LLM)."""
+    try:
+        bundle = load_compressor(folder)
+    except CheckpointError:
+        return []
+    asr = [u for u in utts if u.task == "asr"]
+    texts, _ = ctc_outputs(bundle, [store.get(u.audio) for u in asr]) if asr else ([], {})
+    return [{"id": u.id, "task": "asr", "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
+             "ref": u.tgt_text, "hyp": t} for u, t in zip(asr, texts)]
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -212,6 +230,10 @@ def model_report_markdown(report: dict) -> str:
     sig = next((t["bleu_signature"] for t in report["table"] if "bleu_signature" in t), None)
     if sig:
         lines += ["", f"sacrebleu signature: `{sig}`"]
+    if "compressor_asr" in report:
+        c = report["compressor_asr"]
+        lines += ["", f"Its CTC compressor's greedy transcript of the same ASR rows: WER "
+                      f"**{c['asr_wer_all']:.1f}** %, CER **{c['asr_cer_all']:.1f}** % (macro)."]
     p = report["parameters"]
     lines += ["", f"Decoding speed: RTFx {report['rtfx']:.1f} (seconds of audio per second of wall time).",
               f"Parameters: {p['trainable'] / 1e6:.2f}M trainable of {p['total'] / 1e6:.1f}M."]

@@ -17,13 +17,16 @@ from .pipeline import STAGE1, STAGE2, Timings, _train, export_model
 
 # name -> stage-2 overrides; every system gets the same data, steps and wall-time cap
 SYSTEMS = {
-    "speech-llama": [],  # average compression, non-causal audio mask, LoRA r=2 on q,k,v,o
+    "speech-llama": [],  # average compression, non-causal audio mask, LoRA r=2 on q,k,v,o,
+    #                      the piece prior (LLM-token CTC labels)
     "remove-blank": ["speech_llm.compression=remove_blank"],
     "causal-mask": ["speech_llm.audio_mask=causal"],
     "no-lora": ["llm.lora_rank=0"],
     "no-compression": ["speech_llm.compression=none"],
-    "decoder-only-scratch": ["llm.init=scratch", "llm.lora_rank=0"],
-    "encoder-decoder": ["speech_llm.system=encoder_decoder", "llm.lora_rank=0"],
+    # its LLM has its own tokenizer, so the compressor's LLM-token labels mean nothing to it
+    "decoder-only-scratch": ["llm.init=scratch", "llm.lora_rank=0", "speech_llm.piece_prior=false"],
+    "encoder-decoder": ["speech_llm.system=encoder_decoder", "llm.lora_rank=0",
+                        "speech_llm.piece_prior=false"],
     # the control: Speech-LLaMA trained the same way with its audio vectors replaced by zeros;
     # whatever it scores comes from the instruction and the target-text prior alone
     "zero-audio": ["speech_llm.zero_audio=true"],

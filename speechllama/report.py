@@ -49,6 +49,9 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
     for key in main["macro"]:
         lines.append(f"| {key} | " + " | ".join(f"{r['macro'].get(key, float('nan')):.1f}"
                                                for r in reports.values()) + " |")
+    for key in ("asr_wer_all", "asr_cer_all"):  # the bar for ASR: the compressor alone
+        lines.append(f"| {key} of its CTC compressor alone (greedy, same rows) | " + " | ".join(
+            f"{r.get('compressor_asr', {}).get(key, float('nan')):.1f}" for r in reports.values()) + " |")
     sig = next((r["bleu_signature"] for r in main["table"] if "bleu_signature" in r), "")
     lines += ["", f"sacrebleu: `{sig}`. WER/CER after `speechllama.text.normalize`.",
               f"Decoding RTFx (greedy, batched): {main['rtfx']:.1f}.",

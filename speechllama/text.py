@@ -1,22 +1,31 @@
-"""Text side: the normaliser used for CTC targets and WER/CER, and the CTC tokenizer.
+"""Text side: the normaliser used for CTC targets and WER/CER, and the CTC label sets.
 
-The CTC vocabulary is a sentencepiece unigram model trained on the source transcripts of the
-training set (all languages together), with the blank at id 0. Subword pieces rather than
-characters: a piece lasts ~2-3 frames of 40 ms, so the greedy CTC labels shorten the sequence
-about 2-4x, while characters (~1 per 40 ms frame) would barely shorten it (docs/design.md).
+Two CTC label sets (``compressor.labels``), both subwords with the blank at id 0 (a subword lasts
+~2-3 frames of 40 ms, so the greedy CTC labels shorten the sequence about 2-4x, while characters,
+~1 per 40 ms frame, would barely shorten it; docs/design.md):
+
+- ``llm_tokens`` (:class:`LLMTokenCTCTokenizer`): the LLM's own tokens that occur in the training
+  transcripts. Every CTC label is then a token the LLM can read, so the compressor's posteriors
+  map exactly into the LLM's embedding space (``speech_llm.piece_prior``).
+- ``sentencepiece`` (:class:`CTCTokenizer`): a unigram model trained on the source transcripts of
+  the training set (all languages together).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import sentencepiece as spm
 
 BLANK = 0  # CTC blank id; sentencepiece's <pad> slot, which encode() never emits
 UNK = 1
+SENTENCEPIECE_FILE = "tokenizer.model"  # a checkpoint's CTC labels, compressor.labels=sentencepiece
+LLM_TOKENS_FILE = "ctc_vocab.json"  # ... compressor.labels=llm_tokens
 
 _DROP = re.compile(r"[^\w\s']|_")  # punctuation and symbols (keeps letters, digits, apostrophes)
 _SPACE = re.compile(r"\s+")
@@ -74,10 +83,99 @@ class CTCTokenizer:
         return self.sp.decode([i for i in ids if i != BLANK])
 
     def decode_ctc(self, labels: Sequence[int]) -> str:
-        """Greedy CTC: collapse repeated labels, drop blanks, detokenise."""
-        out, prev = [], None
-        for label in labels:
-            if label != prev and label != BLANK:
-                out.append(int(label))
-            prev = label
-        return self.decode(out)
+        return self.decode(collapse_ctc(labels))
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / SENTENCEPIECE_FILE).write_bytes(self.model_proto)
+
+
+def collapse_ctc(labels: Sequence[int]) -> list[int]:
+    """Greedy CTC: collapse repeated labels, drop blanks."""
+    out, prev = [], None
+    for label in labels:
+        if label != prev and label != BLANK:
+            out.append(int(label))
+        prev = label
+    return out
+
+
+def word_start_prefix(llm_tokenizer) -> str:
+    """" " for tokenizers that spell a word start as a leading space inside the token (byte-level
+    BPE: GPT-2, SmolLM2, where " a" is one token), "" for those that add it themselves."""
+    one = llm_tokenizer(" a", add_special_tokens=False)["input_ids"]
+    return " " if len(one) == len(llm_tokenizer("a", add_special_tokens=False)["input_ids"]) else ""
+
+
+class LLMTokenCTCTokenizer:
+    """CTC labels that are LLM tokens: 0 blank, 1 unk, then ``llm_ids`` (the LLM's ids of the
+    tokens seen in the training transcripts, sorted). Text is normalised and tokenised by the
+    LLM's own tokenizer, each word in its word-initial form (a leading space, where the tokenizer
+    marks word starts that way), so one spoken word always gets the same labels."""
+
+    def __init__(self, llm_tokenizer, llm_ids: Sequence[int]):
+        self.llm_tokenizer = llm_tokenizer
+        self.llm_ids = [int(i) for i in llm_ids]
+        self._ctc_id = {t: k + 2 for k, t in enumerate(self.llm_ids)}
+        self._prefix = word_start_prefix(llm_tokenizer)
+
+    def _llm_encode(self, text: str) -> list[int]:
+        text = normalize(text)
+        return self.llm_tokenizer(self._prefix + text, add_special_tokens=False)["input_ids"] if text else []
+
+    @classmethod
+    def train(cls, texts: Iterable[str], llm_tokenizer) -> LLMTokenCTCTokenizer:
+        """The LLM tokens that occur in the normalised ``texts``."""
+        probe = cls(llm_tokenizer, [])
+        ids = sorted({i for t in texts for i in probe._llm_encode(t)})
+        if not ids:
+            raise ValueError("cannot build the CTC labels: no transcript has any text")
+        return cls(llm_tokenizer, ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.llm_ids) + 2
+
+    def encode(self, text: str) -> list[int]:
+        return [self._ctc_id.get(i, UNK) for i in self._llm_encode(text)]
+
+    def to_llm_ids(self, ids: Sequence[int]) -> list[int]:
+        return [self.llm_ids[i - 2] for i in ids if i >= 2]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.llm_tokenizer.decode(self.to_llm_ids(ids)).strip()
+
+    def decode_ctc(self, labels: Sequence[int]) -> str:
+        return self.decode(collapse_ctc(labels))
+
+    def save(self, folder: Path) -> None:
+        tokens = self.llm_tokenizer.convert_ids_to_tokens(self.llm_ids)
+        (Path(folder) / LLM_TOKENS_FILE).write_text(
+            json.dumps({"llm_ids": self.llm_ids, "llm_tokens": tokens}, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, file: Path, llm_tokenizer, llm_path) -> LLMTokenCTCTokenizer:
+        """Read ``ctc_vocab.json``; a clear error when ``llm_tokenizer`` spells its ids otherwise."""
+        data = json.loads(Path(file).read_text())
+        ids, tokens = data["llm_ids"], data["llm_tokens"]
+        if any(i >= len(llm_tokenizer) for i in ids) or llm_tokenizer.convert_ids_to_tokens(ids) != tokens:
+            raise ValueError(f"{file}: the CTC labels are tokens of another LLM than {llm_path} "
+                             "(train the compressor with this LLM: speechllama train ctc --llm PATH)")
+        return cls(llm_tokenizer, ids)
+
+
+def load_ctc_tokenizer(folder: str | Path, llm_path: str | Path | None = None):
+    """The CTC labels saved in a checkpoint folder: sentencepiece (``tokenizer.model``) or LLM
+    tokens (``ctc_vocab.json``, read with the tokenizer of the LLM at ``llm_path``)."""
+    folder = Path(folder)
+    if (folder / SENTENCEPIECE_FILE).exists():
+        return CTCTokenizer((folder / SENTENCEPIECE_FILE).read_bytes())
+    if not (folder / LLM_TOKENS_FILE).exists():
+        raise FileNotFoundError(f"{folder}: no {SENTENCEPIECE_FILE} or {LLM_TOKENS_FILE} "
+                                "(not a CTC compressor checkpoint?)")
+    if llm_path is None or not Path(llm_path).is_dir():
+        raise FileNotFoundError(f"{folder}: its CTC labels are tokens of the LLM at {llm_path}, "
+                                "which is not there")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(llm_path), local_files_only=True)
+    return LLMTokenCTCTokenizer.load(folder / LLM_TOKENS_FILE, tok, llm_path)

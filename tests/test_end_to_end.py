@@ -28,3 +28,30 @@ def test_demo_command_runs_end_to_end(tmp_path):
         assert heading in report
     assert (out / "model" / "model.safetensors").exists()
     assert "translate :" in proc.stderr and "transcribe:" in proc.stderr
+
+
+def test_sigterm_stops_the_training_child_too(tmp_path):
+    """SIGTERM to a pipeline command (demo, experiment) reaches the stage it is running."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child_script = tmp_path / "child.py"
+    child_script.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                            "time.sleep(120)\n")
+    parent_script = tmp_path / "parent.py"  # `speechllama train` whose stage is the child above
+    parent_script.write_text(
+        "import sys\nimport speechllama.cli as cli\nfrom speechllama.pipeline import run_child\n"
+        f"cli.cmd_train = lambda args: run_child([sys.executable, {str(child_script)!r}])\n"
+        "sys.exit(cli.main(['train', 'ctc', '--data', 'x', '--out', 'y']))\n")
+    parent = subprocess.Popen([sys.executable, str(parent_script)], stderr=subprocess.PIPE, text=True)
+    for _ in range(600):  # until the child runs (bounded: 60 s)
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130 and "interrupted" in err
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left running
+        os.kill(child, 0)

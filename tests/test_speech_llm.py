@@ -42,6 +42,8 @@ def test_overfits_two_utterances_in_both_tasks(trained):
     hyps = [json.loads(x) for x in (run / "eval.hyp.jsonl").read_text().splitlines()]
     assert all(h["hyp"] == h["ref"] for h in hyps), hyps
     assert report["macro"]["asr_wer_all"] == 0.0
+    assert report["compressor_asr"]["asr_wer_all"] == 0.0  # its compressor, on the same ASR rows
+    assert "greedy transcript of the same ASR rows" in (run / "eval.md").read_text()
     assert report["macro"]["st_chrf_all"] == pytest.approx(100.0)  # BLEU: no 4-grams in 2-3 words
     assert (run / "eval.md").exists()
 
@@ -179,3 +181,33 @@ def test_encoder_decoder_baseline_overfits_decodes_with_cache_and_reloads(traine
                                       use_cache=False, memory=memory, memory_valid=valid).logits
         tokens.append(int(logits[0, -1].argmax()))
     assert tokens == cached
+
+
+def test_llm_token_compressor_and_piece_prior_train_export_and_reload(trained, tmp_path):
+    """compressor.labels=llm_tokens: the CTC labels are the LLM's tokens; stage 2 with the piece
+    prior starts from their exact embeddings, and the exported model reloads identically."""
+    from speechllama.checkpoint import latest_checkpoint
+    from speechllama.evaluate import evaluate_ctc
+    from speechllama.models.build import load_compressor
+    from speechllama.pipeline import export_model
+
+    corpus, _, llm = trained
+    common = ["--config", str(TINY), "--data", str(corpus), "--llm", str(llm)]
+    assert main(["train", "ctc", *common, "--out", str(tmp_path / "ctc"), "train.max_steps=150",
+                 "features.spec_augment=false", "compressor.labels=llm_tokens"]) == 0
+    bundle = load_compressor(tmp_path / "ctc")
+    assert (bundle.path / "ctc_vocab.json").exists() and not (bundle.path / "tokenizer.model").exists()
+    assert bundle.tokenizer.vocab_size == 2 + 5  # blank, unk, the five transcript words
+    assert evaluate_ctc(tmp_path / "ctc", corpus / "dev.jsonl")["macro_wer"] == 0.0
+
+    assert main(["train", "speech-llm", *common, "--out", str(tmp_path / "s2"), "--compressor",
+                 str(tmp_path / "ctc"), "train.max_steps=3", "speech_llm.piece_prior=true"]) == 0
+    s2 = load_speech_llm(tmp_path / "s2").model
+    table = s2.encoder.piece_embeds
+    embed = s2.llm.get_input_embeddings().weight
+    assert torch.equal(table[2:], embed[torch.tensor(bundle.tokenizer.llm_ids)].float())
+    model_dir = export_model(latest_checkpoint(tmp_path / "s2"), tmp_path / "model")
+    assert (model_dir / "ctc_vocab.json").exists()
+    waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
+    assert load(model_dir).transcribe(waves, src_lang="de") == load(tmp_path / "s2").transcribe(
+        waves, src_lang="de")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..text import LLMTokenCTCTokenizer
 from .transformer import TransformerStack
 
 
@@ -13,10 +14,12 @@ class AudioEncoder(nn.Module):
 
     Shapes: (B, S, C_in) compressed audio, lengths (B,) -> (B, S, H) LLM-space embeddings.
 
-    With ``piece_embeds`` (V_ctc, H) — the LLM's own embedding of each CTC piece's text — the
-    output adds ``piece_probs @ piece_embeds``, the CTC posteriors of each compressed vector
-    mapped into the LLM's space, and ``proj_out`` starts at zero: training starts from "the LLM
-    reads the compressor's soft transcript" and learns what to add (docs/design.md).
+    With ``piece_embeds`` (V_ctc, H), the LLM's own input embedding of each CTC label (the piece
+    prior), the output is ``piece_embeds[label] + gate * rms_norm(proj_out(h))``: the LLM's
+    embedding of the compressor's greedy label at each position, plus a learned correction at the
+    scale of the token embeddings whose gate starts at zero. Training starts from "the LLM reads
+    the compressor's transcript" and learns what to add, without the fresh projection drowning the
+    transcript first (docs/design.md).
     """
 
     def __init__(self, in_dim: int, dim: int, n_heads: int, n_layers: int, ff_dim: int,
@@ -33,27 +36,38 @@ class AudioEncoder(nn.Module):
         if self.out_norm is not None:
             nn.init.constant_(self.out_norm.weight, out_rms)
         self.register_buffer("piece_embeds", piece_embeds, persistent=False)
-        if piece_embeds is not None:
-            nn.init.zeros_(self.proj_out.weight)
-            nn.init.zeros_(self.proj_out.bias)
+        self.gate = nn.Parameter(torch.zeros(())) if piece_embeds is not None else None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                piece_probs: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels`` (B, S): the greedy CTC label of each compressed vector (piece prior only)."""
         h = self.proj_in(x)  # (B, S, C_in) -> (B, S, D)
         h = self.layers(h, lengths)  # (B, S, D)
         out = self.proj_out(h)  # (B, S, H)
         if self.out_norm is not None:
-            out = self.out_norm(out)
+            out = self.out_norm(out.float())  # float32, as its weight (autocast gives bf16)
         if self.piece_embeds is not None:
-            out = out + piece_probs.to(self.piece_embeds.dtype) @ self.piece_embeds  # (B, S, H)
+            out = self.piece_embeds[labels].to(out.dtype) + self.gate.to(out.dtype) * out  # (B, S, H)
         return out
 
 
 @torch.no_grad()
 def piece_embeddings(ctc_tokenizer, llm_tokenizer, llm_embed: nn.Embedding) -> torch.Tensor:
-    """(V_ctc, H): mean LLM input embedding of each CTC piece's text; zero for blank and unk."""
-    sp = ctc_tokenizer.sp
+    """(V_ctc, H): the LLM input embedding of each CTC label; zero for blank and unk.
+
+    LLM-token labels get their token's embedding (exact); a sentencepiece piece gets the mean
+    embedding of the LLM tokens of its text (an approximation the LLM reads poorly,
+    docs/design.md)."""
     weight = llm_embed.weight.detach().float()
+    if isinstance(ctc_tokenizer, LLMTokenCTCTokenizer):
+        if llm_tokenizer.convert_ids_to_tokens(ctc_tokenizer.llm_ids) != \
+                ctc_tokenizer.llm_tokenizer.convert_ids_to_tokens(ctc_tokenizer.llm_ids):
+            raise ValueError("speech_llm.piece_prior: the compressor's CTC labels are tokens of "
+                             "another LLM (train stage 1 with --llm set to this LLM)")
+        out = torch.zeros(ctc_tokenizer.vocab_size, weight.shape[1])
+        out[2:] = weight[torch.tensor(ctc_tokenizer.llm_ids, dtype=torch.long)]
+        return out
+    sp = ctc_tokenizer.sp
     out = torch.zeros(sp.get_piece_size(), weight.shape[1])
     for v in range(sp.get_piece_size()):
         if sp.is_control(v) or sp.is_unknown(v):

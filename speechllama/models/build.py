@@ -10,7 +10,7 @@ import torch
 from ..audio import CMVN
 from ..checkpoint import CheckpointError, load_tensors, resolve_checkpoint
 from ..config import ConfigError, ExperimentConfig, load_config
-from ..text import CTCTokenizer
+from ..text import CTCTokenizer, LLMTokenCTCTokenizer, load_ctc_tokenizer
 from .ctc_compressor import CTCCompressor
 
 
@@ -26,7 +26,7 @@ class CompressorBundle:
 
     model: CTCCompressor
     cmvn: CMVN
-    tokenizer: CTCTokenizer
+    tokenizer: CTCTokenizer | LLMTokenCTCTokenizer
     config: ExperimentConfig
     path: Path
 
@@ -54,9 +54,11 @@ def load_compressor(path: str | Path) -> CompressorBundle:
         cfg = load_config(folder / "config.yaml")
     except ConfigError as e:
         raise CheckpointError(f"{folder}: bad config.yaml: {e}") from e
-    tok_file = folder / "tokenizer.model"
-    if not tok_file.exists():
-        raise CheckpointError(f"{folder}: no tokenizer.model (not a CTC compressor checkpoint?)")
+    llm = Path(cfg.llm.path) if cfg.llm.path else None  # a relative path: inside the model folder
+    try:
+        tokenizer = load_ctc_tokenizer(folder, llm if llm is None or llm.is_absolute() else folder / llm)
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
     tensors = load_tensors(folder / "model.safetensors")
     model = build_compressor(cfg)
     try:
@@ -65,7 +67,7 @@ def load_compressor(path: str | Path) -> CompressorBundle:
         raise CheckpointError(f"{folder}: weights do not match config.yaml: {_short(e)}") from e
     model.eval()
     cmvn = CMVN.from_state_dict(split_state(tensors, "cmvn"))
-    return CompressorBundle(model, cmvn, CTCTokenizer(tok_file.read_bytes()), cfg, folder)
+    return CompressorBundle(model, cmvn, tokenizer, cfg, folder)
 
 
 def resolve_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
@@ -79,9 +81,12 @@ def resolve_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
 
 
 def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None,
-                     ctc_tokenizer: CTCTokenizer | None = None):
+                     ctc_tokenizer: CTCTokenizer | LLMTokenCTCTokenizer | None = None,
+                     frozen_dtype: torch.dtype = torch.float32):
     """The stage-2 system of ``speech_llm.system`` from a config and a (trained) compressor (and
-    its CTC tokenizer, for ``speech_llm.piece_prior``); returns (model, output tokenizer)."""
+    its CTC tokenizer, for ``speech_llm.piece_prior``); returns (model, output tokenizer).
+    ``frozen_dtype``: the dtype of a frozen pretrained LLM's weights (bf16 for bf16 training
+    spares the autocast copy of every weight at every step; LoRA stays float32)."""
     from .audio_encoder import AudioEncoder, piece_embeddings
     from .llm import load_llm
     from .speech_llm import SpeechLLM
@@ -91,14 +96,15 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     s, l = cfg.speech_llm, cfg.llm
     llm, tokenizer = load_llm(resolve_llm_path(cfg, base), lora_rank=l.lora_rank,
                               lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets),
-                              train_base=l.init == "scratch")
+                              train_base=l.init == "scratch",
+                              dtype=torch.float32 if l.init == "scratch" else frozen_dtype)
     prior = None
     if s.piece_prior:
         if ctc_tokenizer is None:
             raise ValueError("speech_llm.piece_prior needs the compressor's CTC tokenizer")
         prior = piece_embeddings(ctc_tokenizer, tokenizer, llm.get_input_embeddings())
     out_rms = 0.0
-    if s.match_embedding_scale:  # the RMS of the LLM's token embeddings
+    if s.match_embedding_scale or s.piece_prior:  # the RMS of the LLM's token embeddings
         embed = llm.get_input_embeddings().weight.detach().float()
         out_rms = float(embed.pow(2).mean(-1).sqrt().mean())
     encoder = AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads,
@@ -181,7 +187,13 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
             f"{folder}: trained on a base LLM with weights hash {cfg.llm.weights_hash[:12]}..., "
             f"but {llm_path} has {weights_hash(llm_path)[:12]}... (a different model or version)")
     torch.manual_seed(0)  # deterministic placeholders before the weights are copied in
-    ctc_tokenizer = CTCTokenizer((folder / "tokenizer.model").read_bytes())
+    ctc_tokenizer = None
+    if cfg.speech_llm.piece_prior and cfg.speech_llm.system == "decoder_only":
+        # LLM-token labels are read with the stage-2 LLM's tokenizer
+        try:
+            ctc_tokenizer = load_ctc_tokenizer(folder, llm_path)
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(str(e)) from None
     model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder, ctc_tokenizer)
     try:
         load_speech_llm_weights(model, tensors)

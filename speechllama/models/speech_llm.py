@@ -50,13 +50,13 @@ class SpeechLLM(nn.Module):
             hidden, logits, n = self.compressor(feats, lengths)  # (B, T', C), (B, T', V_ctc)
             if self.encoder.piece_embeds is None:
                 compressed, n = ctc_compress(hidden, logits, n, self.compression)  # (B, S, C)
-                piece_probs = None
-            else:  # the piece prior also needs the posteriors, compressed the same way
-                both = torch.cat([hidden, logits], dim=-1)
-                both, n = ctc_compress(both, logits, n, self.compression)  # (B, S, C + V_ctc)
-                compressed, kept = both.split([hidden.shape[-1], logits.shape[-1]], dim=-1)
-                piece_probs = kept.float().softmax(-1)  # (B, S, V_ctc)
-        audio = self.encoder(compressed, n, piece_probs)  # (B, S, H)
+                labels = None
+            else:  # the piece prior also needs each vector's greedy label: compress it alongside
+                # (a run shares one label, so its mean is that label exactly: ids < 2**24)
+                both = torch.cat([hidden.float(), logits.argmax(-1, keepdim=True).float()], dim=-1)
+                both, n = ctc_compress(both, logits, n, self.compression)  # (B, S, C + 1)
+                compressed, labels = both[..., :-1], both[..., -1].round().long()  # (B, S, C), (B, S)
+        audio = self.encoder(compressed, n, labels)  # (B, S, H)
         return (audio * 0 if self.zero_audio else audio), n
 
     def assemble(self, audio, audio_lengths, before, after, targets=None):

@@ -23,6 +23,7 @@ from ..models.build import (
     speech_llm_state,
 )
 from ..models.llm import build_prompt, create_scratch_llm, instruction, weights_hash
+from ..text import normalize, word_start_prefix
 from ..train import rank0_first
 from .ctc import feature_cache_path
 
@@ -43,6 +44,15 @@ class Prompter:
 
 def target_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def target_text(u: Utterance, asr_target: str, tokenizer) -> str:
+    """The text a row is trained to produce: its tgt_text, or for ASR rows with
+    ``asr_target=normalized`` the normalised transcript in word-initial form (the decoder's
+    output is stripped, so the leading space never shows)."""
+    if u.task == "asr" and asr_target == "normalized":
+        return word_start_prefix(tokenizer) + normalize(u.tgt_text)
+    return u.tgt_text
 
 
 class SpeechLLMTask:
@@ -71,7 +81,9 @@ class SpeechLLMTask:
         # the encoder-decoder has no base LLM weights, only its tokenizer in that folder
         cfg.llm.path, cfg.llm.weights_hash = str(llm_path), "" if seq2seq else weights_hash(llm_path)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
-        self.model, self.tokenizer = build_speech_llm(cfg, bundle.model, None, bundle.tokenizer)
+        self.model, self.tokenizer = build_speech_llm(
+            cfg, bundle.model, None, bundle.tokenizer,
+            frozen_dtype=torch.bfloat16 if cfg.train.bf16 else torch.float32)
         self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
         self.store = rank0_first(load_features, [u.audio for u in rows],
                                  feature_cache_path(cfg.data.train), progress=progress and rank == 0)
@@ -85,7 +97,8 @@ class SpeechLLMTask:
         items, skipped = [], 0
         max_frames = int(self.cfg.data.max_seconds * 100)
         for u in rows:
-            tgt = target_ids(self.tokenizer, u.tgt_text)
+            tgt = target_ids(self.tokenizer, target_text(u, self.cfg.speech_llm.asr_target,
+                                                         self.tokenizer))
             if (u.audio in self.store and self.store.num_frames(u.audio) <= max_frames
                     and len(tgt) <= self.cfg.speech_llm.max_target_tokens):
                 items.append((u, tgt))
@@ -117,7 +130,7 @@ class SpeechLLMTask:
         tensors = speech_llm_state(model)
         tensors.update({f"cmvn.{k}": v for k, v in self.cmvn.state_dict().items()})
         save_tensors(tensors, folder / "model.safetensors")
-        (folder / "tokenizer.model").write_bytes(self.ctc_tokenizer.model_proto)
+        self.ctc_tokenizer.save(folder)
 
     def load(self, folder: Path, model: nn.Module) -> None:
         tensors = load_tensors(folder / "model.safetensors")
