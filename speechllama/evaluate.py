@@ -16,8 +16,8 @@ from pathlib import Path
 import jiwer
 import torch
 
-from .data.batching import LengthBucketSampler, pad_feats
 from .checkpoint import CheckpointError
+from .data.batching import LengthBucketSampler, pad_feats
 from .models.build import CompressorBundle, load_compressor
 from .models.ctc_compressor import ctc_compress
 from .text import normalize

@@ -52,6 +52,14 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
     for key in ("asr_wer_all", "asr_cer_all"):  # the bar for ASR: the compressor alone
         lines.append(f"| {key} of its CTC compressor alone (greedy, same rows) | " + " | ".join(
             f"{r.get('compressor_asr', {}).get(key, float('nan')):.1f}" for r in reports.values()) + " |")
+    control = [n.replace(" ", "-") for n in reports if n != "speech-llm"]
+    if control:  # is the difference in BLEU more than chance?
+        from .experiment import paired_p
+
+        p = paired_p(out, "speech-llm", control[0])
+        if p is not None:
+            lines += ["", f"Speech-LLaMA vs the {control[0]}, X->en BLEU: paired bootstrap p={p:.3f} "
+                          "(sacrebleu, 1000 resamples, the ST rows pooled over language pairs)."]
     sig = next((r["bleu_signature"] for r in main["table"] if "bleu_signature" in r), "")
     lines += ["", f"sacrebleu: `{sig}`. WER/CER after `speechllama.text.normalize`.",
               f"Decoding RTFx (greedy, batched): {main['rtfx']:.1f}.",
