@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Stage-2 training step with the frozen LLM stored in bf16 vs float32, side by side in ONE run.
+"""Stage-2 training with the frozen LLM stored in bf16 vs float32, side by side in ONE run.
 
-Both run bf16 autocast (the demo's ``train.bf16=true``). With float32 weights autocast copies every
-frozen weight to bf16 at every step; ``SpeechLLMTask`` stores a frozen pretrained LLM in bf16 when
-``train.bf16`` is on (LoRA and the audio encoder stay float32). The two models take turns on the
-same batches (A, B, A, B, ...), so a load change on the machine hits both alike; the ratio is the
-result (docs/bench.md).
+Both run bf16 autocast (the demo's ``train.bf16=true``); ``SpeechLLMTask`` stores a frozen
+pretrained LLM in bf16 when ``train.bf16`` is on (LoRA and the audio encoder stay float32). Prints
+the step time of each (the two models take turns on the same batches, A, B, A, B, ..., so a load
+change on the machine hits both alike; the ratio is the result, docs/bench.md) and the memory the
+LLM's weights take.
 
     .venv/bin/python bench/bench_frozen_dtype.py --compressor runs/demo/ctc --data runs/demo/data
 """
@@ -52,11 +52,13 @@ def main(argv=None) -> int:
             opts[name].step()
             if step:
                 seconds[name] += time.perf_counter() - start
-    print(f"| frozen LLM weights | s/step ({args.steps} steps, {args.threads} threads) | speed-up |")
-    print("|---|---:|---:|")
+    print(f"| frozen LLM weights | s/step ({args.steps} steps, {args.threads} threads) | speed-up "
+          "| LLM weights, MB |")
+    print("|---|---:|---:|---:|")
     base = seconds["float32 frozen weights"]
     for name, s in seconds.items():
-        print(f"| {name} | {s / args.steps:.2f} | {base / s:.2f}x |")
+        mb = sum(q.numel() * q.element_size() for q in models[name].llm.parameters()) / 2**20
+        print(f"| {name} | {s / args.steps:.2f} | {base / s:.2f}x | {mb:.0f} |")
     return 0
 
 

@@ -86,7 +86,7 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     """The stage-2 system of ``speech_llm.system`` from a config and a (trained) compressor (and
     its CTC tokenizer, for ``speech_llm.piece_prior``); returns (model, output tokenizer).
     ``frozen_dtype``: the dtype of a frozen pretrained LLM's weights (bf16 for bf16 training
-    spares the autocast copy of every weight at every step; LoRA stays float32)."""
+    halves their memory; LoRA stays float32; bench/bench_frozen_dtype.py)."""
     from .audio_encoder import AudioEncoder, piece_embeddings
     from .llm import load_llm
     from .speech_llm import SpeechLLM
