@@ -16,11 +16,10 @@ from pathlib import Path
 import jiwer
 import torch
 
-from .checkpoint import CheckpointError
 from .data.batching import LengthBucketSampler, pad_feats
-from .models.build import CompressorBundle, load_compressor
+from .models.build import CompressorBundle, load_compressor, resolve_llm_path
 from .models.ctc_compressor import ctc_compress
-from .text import normalize
+from .text import load_ctc_tokenizer, normalize
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
@@ -184,7 +183,7 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
               "decoding": dataclasses.asdict(model.options),
               "rtfx": audio_s / max(seconds, 1e-9), "skipped_audio": store.errors,
               "parameters": parameter_counts(model.bundle.model), **score_rows(rows)}
-    ctc_rows = compressor_asr_rows(model.bundle.path, utts, store)
+    ctc_rows = compressor_asr_rows(model.bundle, utts, store)
     if ctc_rows:  # the bar stage 2 must clear: its own compressor's transcript of the same rows
         report["compressor_asr"] = score_rows(ctc_rows)["macro"]
     if out is not None:
@@ -197,16 +196,21 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     return report
 
 
-def compressor_asr_rows(folder: Path, utts: list, store) -> list[dict]:
-    """Rows like ``evaluate_model``'s with the greedy CTC transcript of the model's own (frozen)
-    compressor as the hypothesis of each ASR row; [] when the model has no compressor whose labels
-    can be read (the encoder-decoder, or LLM-token labels of another LLM)."""
-    try:
-        bundle = load_compressor(folder)
-    except CheckpointError:
+def compressor_asr_rows(bundle, utts: list, store) -> list[dict]:
+    """Rows like ``evaluate_model``'s with the greedy CTC transcript of the loaded model's own
+    compressor as the hypothesis of each ASR row; [] when it has none whose labels can be read
+    (the encoder-decoder, or LLM-token labels of another LLM than the model's)."""
+    from .models.speech_llm import SpeechLLM
+
+    if not isinstance(bundle.model, SpeechLLM):
         return []
+    try:
+        tokenizer = load_ctc_tokenizer(bundle.path, resolve_llm_path(bundle.config, bundle.path))
+    except (FileNotFoundError, ValueError):
+        return []
+    ctc = CompressorBundle(bundle.model.compressor, bundle.cmvn, tokenizer, bundle.config, bundle.path)
     asr = [u for u in utts if u.task == "asr"]
-    texts, _ = ctc_outputs(bundle, [store.get(u.audio) for u in asr]) if asr else ([], {})
+    texts, _ = ctc_outputs(ctc, [store.get(u.audio) for u in asr]) if asr else ([], {})
     return [{"id": u.id, "task": "asr", "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
              "ref": u.tgt_text, "hyp": t} for u, t in zip(asr, texts)]
 
