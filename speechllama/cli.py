@@ -99,12 +99,19 @@ def cmd_evaluate(args) -> int:
 def _decoding_options(args):
     from .decode import DecodingOptions
 
-    return DecodingOptions(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens)
+    return DecodingOptions(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens,
+                           ctc_weight=args.ctc_weight, ctc_candidates=args.ctc_candidates)
 
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--ctc-weight", type=float, default=None,
+                   help="weight of the CTC prefix score in joint CTC/LLM transcription, 0..1; "
+                        "0 = the LLM alone; default: 0.5 where the model allows it "
+                        "(LLM-token CTC labels and speech_llm.asr_target=normalized), else 0")
+    p.add_argument("--ctc-candidates", type=int, default=10,
+                   help="LLM next-token candidates per hypothesis scored with CTC (joint decoding)")
 
 
 def cmd_infer(args) -> int:

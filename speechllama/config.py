@@ -89,10 +89,11 @@ class SpeechLLMConfig:
     encoder_heads: int = 4
     encoder_ff: int = 1024
     dropout: float = 0.1
-    # ASR target text: verbatim (the manifest's transcript) | normalized (text.normalize: lower
-    # case, no punctuation, each word in its word-initial LLM tokens, so a transcript is the very
-    # token sequence the compressor's LLM-token labels spell; docs/design.md)
-    asr_target: str = "verbatim"
+    # ASR target text: normalized (text.normalize: lower case, no punctuation, each word in its
+    # word-initial LLM tokens, so a transcript is the very token sequence the compressor's LLM-token
+    # labels spell, and can be decoded jointly with CTC; docs/design.md) | verbatim (the manifest's
+    # transcript, with its case and punctuation)
+    asr_target: str = "normalized"
     unnamed_language_prob: float = 0.2  # share of training prompts that do not name the source language
     max_target_tokens: int = 96  # longer targets are skipped (counted) in training
     zero_audio: bool = False  # control experiment: the LLM gets zeros in place of the audio

@@ -33,6 +33,14 @@ class DecodingOptions:
     # never generate an n-gram of this size twice in a row's output (a guard against loops); 0 disables
     no_repeat_ngram_size: int = 4
 
+    # joint CTC/LLM decoding of transcripts (speechllama.ctc_prefix): the weight w of the CTC prefix
+    # score, (1 - w) * LLM + w * CTC; None = automatic (DEFAULT_CTC_WEIGHT where the model allows it,
+    # see SpeechToText), 0 = the LLM alone
+    ctc_weight: float | None = None
+
+    # joint decoding scores the LLM's best ctc_candidates next tokens per hypothesis with CTC
+    ctc_candidates: int = 10
+
 
 def _verify_options(options: DecodingOptions) -> None:
     if options.beam_size < 1:
@@ -45,6 +53,10 @@ def _verify_options(options: DecodingOptions) -> None:
         )
     if not math.isfinite(options.length_penalty):
         raise ValueError(f"length_penalty must be a finite number, got {options.length_penalty}.")
+    if options.ctc_weight is not None and not 0 <= options.ctc_weight <= 1:
+        raise ValueError(f"ctc_weight must be in [0, 1] (0 = the LLM alone), got {options.ctc_weight}.")
+    if options.ctc_candidates < 1:
+        raise ValueError(f"ctc_candidates must be at least 1, got {options.ctc_candidates}.")
     if options.no_repeat_ngram_size < 0:
         raise ValueError(
             f"no_repeat_ngram_size must be >= 0 (0 disables it), got {options.no_repeat_ngram_size}."
@@ -70,14 +82,16 @@ def generate(
     options: DecodingOptions = DecodingOptions(),
     max_new: torch.Tensor | None = None,
     cache: DynamicCache | None = None,
+    scorer=None,
 ) -> list[list[int]]:
     """Decode every row of a left-padded prefix; returns the new token ids of each row, without the EOS.
 
     prefix_embeds (B, P, C); prefix_mask_4d (B, 1, P, P) additive, from ``audio_text_mask``; prefix_valid
     (B, P) bool with each row's last column valid; eos_id one id or several; max_new an optional (B,) per-row
     cap (further capped by ``options.max_new_tokens``); ``cache`` an empty cache to fill (default a
-    DynamicCache; the encoder-decoder passes one that also carries its encoder memory). Call
-    ``model.eval()`` first (dropout).
+    DynamicCache; the encoder-decoder passes one that also carries its encoder memory); ``scorer`` a
+    :class:`speechllama.ctc_prefix.CTCPrefixScorer` over the same rows for joint CTC/LLM decoding
+    (beam search, even at beam_size 1). Call ``model.eval()`` first (dropout).
     """
     _verify_options(options)
     B, P, _ = prefix_embeds.shape
@@ -97,11 +111,15 @@ def generate(
     rows = torch.nonzero(caps > 0).flatten()  # rows with a zero budget stay empty
     if len(rows) == 0:
         return out
-    search = _greedy if options.beam_size == 1 else _beam_search
     embeds, mask_4d, valid = prefix_embeds[rows], prefix_mask_4d[rows], prefix_valid[rows]
     if cache is not None and len(rows) < B:
         cache.batch_select_indices(rows)
-    found = search(model, embeds, mask_4d, valid, eos, options, caps[rows], cache)
+    if scorer is not None:
+        found = _beam_search(model, embeds, mask_4d, valid, eos, options, caps[rows], cache,
+                             scorer if len(rows) == B else scorer.rows(rows))
+    else:
+        search = _greedy if options.beam_size == 1 else _beam_search
+        found = search(model, embeds, mask_4d, valid, eos, options, caps[rows], cache)
     for r, tokens in zip(rows.tolist(), found):
         out[r] = tokens
     return out
@@ -200,13 +218,15 @@ class _BeamRow:
         return max(self.finished, key=score)[0] if self.finished else []
 
 
-def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps, cache=None) -> list[list[int]]:
+def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps, cache=None,
+                 scorer=None) -> list[list[int]]:
     """Beam search: a row ends once it has beam_size finished hypotheses or reaches its cap.
 
     As in whisper, each step keeps the best beam_size non-EOS continuations among the 2*beam_size best
     candidates; as in transformers, an EOS candidate becomes a finished hypothesis only if it ranks among the
     best beam_size (so beam_size=1 is exactly greedy). The finished hypothesis with the best
-    sum_logprob / length**length_penalty wins, where length counts the EOS when there is one.
+    sum_logprob / length**length_penalty wins, where length counts the EOS when there is one. With a
+    ``scorer`` the sums are joint CTC/LLM scores, and only the tokens it scores can follow a beam.
     """
     B, K = len(caps), options.beam_size
     logits, cache = _prefill(model, embeds, mask_4d, valid, cache)  # (B, V)
@@ -214,12 +234,16 @@ def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps, ca
     logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
     kv_valid = valid.repeat_interleave(K, dim=0)  # (B*K, P)
     states = [_BeamRow(int(c), [([], 0.0)] + [([], -math.inf)] * (K - 1), []) for c in caps.tolist()]
+    if scorer is not None:
+        scorer.start(K)
     live = list(range(B))  # rows still searching, in cache order (K cache rows each)
     step = 0
     while live:
         step += 1
         seqs = [tokens for r in live for tokens, _ in states[r].beams]
         logprobs = _ban_repeats(F.log_softmax(logits, dim=-1), seqs, options.no_repeat_ngram_size)  # (N, V)
+        if scorer is not None:
+            logprobs = scorer.adjust(logprobs, eos)  # joint score increments, -inf off the candidates
         V = logprobs.shape[-1]
         sums = torch.tensor([s for r in live for _, s in states[r].beams], device=logprobs.device)
         candidates = (sums[:, None] + logprobs).view(len(live), K * V)  # (A, K*V)
@@ -237,6 +261,8 @@ def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps, ca
         kv_valid = kv_valid[index]
         live = still
         new = torch.tensor([tokens[-1] for r in live for tokens, _ in states[r].beams])  # (N,)
+        if scorer is not None:
+            scorer.select(index, new)
         logits = _step(model, new, cache, kv_valid, mask_4d.dtype)  # (N, V)
         kv_valid = torch.cat([kv_valid, kv_valid.new_ones(len(new), 1)], dim=1)  # (N, L + 1)
     return [state.best(options.length_penalty) for state in states]

@@ -186,6 +186,10 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     ctc_rows = compressor_asr_rows(model.bundle, utts, store)
     if ctc_rows:  # the bar stage 2 must clear: its own compressor's transcript of the same rows
         report["compressor_asr"] = score_rows(ctc_rows)["macro"]
+    asr = [i for i, r in enumerate(requests) if r.task == "asr"]
+    if model.options.ctc_weight and asr:  # what the LLM alone makes of the same rows
+        alone = model.decode([requests[i] for i in asr], dataclasses.replace(model.options, ctc_weight=0.0))
+        report["llm_alone_asr"] = score_rows([{**rows[i], "hyp": h} for i, h in zip(asr, alone)])["macro"]
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +238,14 @@ def model_report_markdown(report: dict) -> str:
     sig = next((t["bleu_signature"] for t in report["table"] if "bleu_signature" in t), None)
     if sig:
         lines += ["", f"sacrebleu signature: `{sig}`"]
+    w = report["decoding"].get("ctc_weight")
+    if w:
+        lines += ["", f"Transcripts are decoded jointly with the CTC compressor (ctc_weight {w}, "
+                      "docs/design.md \"Joint CTC/LLM decoding\")."]
+    if "llm_alone_asr" in report:
+        c = report["llm_alone_asr"]
+        lines += ["", f"The LLM alone (ctc_weight 0) on the same ASR rows: WER **{c['asr_wer_all']:.1f}** "
+                      f"%, CER **{c['asr_cer_all']:.1f}** % (macro)."]
     if "compressor_asr" in report:
         c = report["compressor_asr"]
         lines += ["", f"Its CTC compressor's greedy transcript of the same ASR rows: WER "

@@ -49,9 +49,11 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
     for key in main["macro"]:
         lines.append(f"| {key} | " + " | ".join(f"{r['macro'].get(key, float('nan')):.1f}"
                                                for r in reports.values()) + " |")
-    for key in ("asr_wer_all", "asr_cer_all"):  # the bar for ASR: the compressor alone
-        lines.append(f"| {key} of its CTC compressor alone (greedy, same rows) | " + " | ".join(
-            f"{r.get('compressor_asr', {}).get(key, float('nan')):.1f}" for r in reports.values()) + " |")
+    for part, label in (("llm_alone_asr", "of the LLM alone (ctc_weight 0, same rows)"),
+                        ("compressor_asr", "of its CTC compressor alone (greedy, same rows)")):
+        for key in ("asr_wer_all", "asr_cer_all"):  # the bar for ASR: the compressor alone
+            lines.append(f"| {key} {label} | " + " | ".join(
+                f"{r.get(part, {}).get(key, float('nan')):.1f}" for r in reports.values()) + " |")
     control = [n.replace(" ", "-") for n in reports if n != "speech-llm"]
     if control:  # is the difference in BLEU more than chance?
         from .experiment import paired_p
@@ -63,6 +65,10 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
     sig = next((r["bleu_signature"] for r in main["table"] if "bleu_signature" in r), "")
     lines += ["", f"sacrebleu: `{sig}`. WER/CER after `speechllama.text.normalize`.",
               f"Decoding RTFx (greedy, batched): {main['rtfx']:.1f}.",
+              (f"Transcripts: joint CTC/LLM decoding, ctc_weight {main['decoding']['ctc_weight']} "
+               "(the LLM's hypotheses also scored by the compressor's CTC prefix probability; "
+               "docs/design.md); the zero-audio control decodes with its LLM alone."
+               if main["decoding"].get("ctc_weight") else "Transcripts: the LLM alone."),
               "", "## Stage 1: CTC compressor on the test split", "", ctc_report_markdown(ctc),
               "", "## Two test files", ""]
     for e in examples:

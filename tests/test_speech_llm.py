@@ -211,3 +211,25 @@ def test_llm_token_compressor_and_piece_prior_train_export_and_reload(trained, t
     waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
     assert load(model_dir).transcribe(waves, src_lang="de") == load(tmp_path / "s2").transcribe(
         waves, src_lang="de")
+    # LLM-token labels + normalised ASR targets (the default): transcripts decode jointly with CTC.
+    # The compressor is exact (WER 0 above) while the LLM had 3 updates: at ctc_weight 1 the
+    # search must spell the compressor's transcript in the LLM's tokens and stop at its end
+    assert load(model_dir).options.ctc_weight == 0.5
+    joint = load(model_dir, DecodingOptions(ctc_weight=1.0, ctc_candidates=len(CORPUS_WORDS)))
+    assert joint.transcribe(waves, src_lang="de") == [text for _, text, _ in TWO_UTTERANCES]
+    report = evaluate_model(model_dir, corpus / "dev.jsonl")
+    assert report["decoding"]["ctc_weight"] == 0.5
+    assert set(report["llm_alone_asr"]) == {"asr_wer_all", "asr_cer_all", "asr_wer_sentences",
+                                            "asr_cer_sentences"}
+
+
+def test_joint_ctc_decoding_needs_llm_token_labels(trained, capsys):
+    """A compressor with sentencepiece labels cannot score LLM tokens: no joint decoding by default,
+    and asking for it is a clear error."""
+    corpus, run, _ = trained
+    assert load(run).options.ctc_weight == 0.0
+    with pytest.raises(ValueError, match="not the LLM's tokens"):
+        load(run, DecodingOptions(ctc_weight=0.5))
+    wave = str(corpus / "audio" / f"{TWO_UTTERANCES[0][0]}.wav")
+    assert main(["transcribe", wave, "--model", str(run), "--ctc-weight", "0.5"]) != 0
+    assert "joint CTC/LLM decoding" in capsys.readouterr().err

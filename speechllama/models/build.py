@@ -167,6 +167,7 @@ class SpeechLLMBundle:
     cmvn: CMVN
     config: ExperimentConfig
     path: Path
+    ctc_tokenizer: CTCTokenizer | LLMTokenCTCTokenizer | None = None  # its compressor's labels
 
 
 def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundle:
@@ -188,12 +189,14 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
             f"but {llm_path} has {weights_hash(llm_path)[:12]}... (a different model or version)")
     torch.manual_seed(0)  # deterministic placeholders before the weights are copied in
     ctc_tokenizer = None
-    if cfg.speech_llm.piece_prior and cfg.speech_llm.system == "decoder_only":
-        # LLM-token labels are read with the stage-2 LLM's tokenizer
+    if cfg.speech_llm.system == "decoder_only":
+        # LLM-token labels are read with the stage-2 LLM's tokenizer; the piece prior needs them,
+        # the compressor's own transcript and joint CTC/LLM decoding use them when they are there
         try:
             ctc_tokenizer = load_ctc_tokenizer(folder, llm_path)
         except (FileNotFoundError, ValueError) as e:
-            raise CheckpointError(str(e)) from None
+            if cfg.speech_llm.piece_prior:
+                raise CheckpointError(str(e)) from None
     model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder, ctc_tokenizer)
     try:
         load_speech_llm_weights(model, tensors)
@@ -201,7 +204,7 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
         raise CheckpointError(f"{folder}: weights do not match config.yaml: {_short(e)}") from e
     model.eval()
     return SpeechLLMBundle(model, tokenizer, CMVN.from_state_dict(split_state(tensors, "cmvn")),
-                           cfg, folder)
+                           cfg, folder, ctc_tokenizer)
 
 
 def checkpoint_kind(path: str | Path) -> str:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ctc_prefix import CTCPrefixScorer
 from ..decode import DecodingOptions, generate
 from .audio_encoder import AudioEncoder
 from .ctc_compressor import CTCCompressor, ctc_compress
@@ -44,20 +45,22 @@ class SpeechLLM(nn.Module):
             self.compressor.eval()  # a frozen compressor never uses dropout
         return self
 
-    def encode_audio(self, feats: torch.Tensor, lengths: torch.Tensor):
-        """feats (B, T, 80) normalised fbank -> audio embeddings (B, S, H), lengths (B,)."""
+    def encode_audio(self, feats: torch.Tensor, lengths: torch.Tensor, return_ctc: bool = False):
+        """feats (B, T, 80) normalised fbank -> audio embeddings (B, S, H), lengths (B,); with
+        ``return_ctc`` also the compressor's CTC logits (B, T', V_ctc) and their lengths (B,)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_compressor):
-            hidden, logits, n = self.compressor(feats, lengths)  # (B, T', C), (B, T', V_ctc)
+            hidden, logits, frames = self.compressor(feats, lengths)  # (B, T', C), (B, T', V_ctc)
             if self.encoder.piece_embeds is None:
-                compressed, n = ctc_compress(hidden, logits, n, self.compression)  # (B, S, C)
+                compressed, n = ctc_compress(hidden, logits, frames, self.compression)  # (B, S, C)
                 labels = None
             else:  # the piece prior also needs each vector's greedy label: compress it alongside
                 # (a run shares one label, so its mean is that label exactly: ids < 2**24)
                 both = torch.cat([hidden.float(), logits.argmax(-1, keepdim=True).float()], dim=-1)
-                both, n = ctc_compress(both, logits, n, self.compression)  # (B, S, C + 1)
+                both, n = ctc_compress(both, logits, frames, self.compression)  # (B, S, C + 1)
                 compressed, labels = both[..., :-1], both[..., -1].round().long()  # (B, S, C), (B, S)
         audio = self.encoder(compressed, n, labels)  # (B, S, H)
-        return (audio * 0 if self.zero_audio else audio), n
+        audio = audio * 0 if self.zero_audio else audio
+        return (audio, n, (logits, frames)) if return_ctc else (audio, n)
 
     def assemble(self, audio, audio_lengths, before, after, targets=None):
         return assemble(self.llm.get_input_embeddings(), audio, audio_lengths, before, after,
@@ -71,10 +74,18 @@ class SpeechLLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, feats, lengths, before, after, eos_id, options: DecodingOptions,
-                 max_new: torch.Tensor | None = None) -> list[list[int]]:
-        audio, n = self.encode_audio(feats, lengths)
+                 max_new: torch.Tensor | None = None, ctc_map: torch.Tensor | None = None,
+                 ) -> list[list[int]]:
+        """Decode every row; with ``ctc_map`` (the CTC label of each LLM token, for transcripts whose
+        tokens are the compressor's labels) and a positive ``options.ctc_weight``, joint CTC/LLM
+        decoding (:mod:`speechllama.ctc_prefix`)."""
+        audio, n, (logits, frames) = self.encode_audio(feats, lengths, return_ctc=True)
         embeds, mask, valid, _ = self.assemble(audio, n, before, after)
-        return generate(self.llm, embeds, mask, valid, eos_id, options, max_new)
+        scorer = None
+        if ctc_map is not None and options.ctc_weight:
+            scorer = CTCPrefixScorer(logits.float().log_softmax(-1), frames, ctc_map,
+                                     options.ctc_weight, options.ctc_candidates)
+        return generate(self.llm, embeds, mask, valid, eos_id, options, max_new, scorer=scorer)
 
 
 def assemble(embed: nn.Module, audio: torch.Tensor, audio_lengths: torch.Tensor,
