@@ -100,8 +100,7 @@ class CTCPrefixScorer:
 
     def prefix_scores(self, labels: torch.Tensor) -> torch.Tensor:
         """(N, P) labels c -> log P_ctc_prefix(g + c) for each hypothesis g, all frames at once."""
-        lp = self.log_probs[self.batch]  # (N, T, C)
-        lp_c = lp.gather(2, labels[:, None, :].expand(-1, lp.shape[1], -1)).transpose(1, 2)  # (N, P, T)
+        lp_c = self.log_probs[self.batch[:, None], :, labels]  # (N, P, T)
         phi = self._phi(labels)  # (N, P, T)
         start = torch.where(self.last[:, None] < 0, lp_c[..., 0], NEG)  # c emitted at frame 0
         # the prefix g + c is complete once c is first emitted, at some frame t >= 1 after g
@@ -127,9 +126,8 @@ class CTCPrefixScorer:
         labels = self.token_map[tokens]  # (M,)
         self.score = psi[source, pick]
         batch, r_g, last = self.batch[source], self.r[source], self.last[source]
-        lp = self.log_probs[batch]  # (M, T, C)
-        lp_c = lp.gather(2, labels[:, None, None].expand(-1, lp.shape[1], 1))[..., 0]  # (M, T)
-        lp_b = lp[..., self.blank]  # (M, T)
+        lp_c = self.log_probs[batch, :, labels]  # (M, T)
+        lp_b = self.log_probs[batch, :, self.blank]  # (M, T)
         both = torch.logaddexp(r_g[..., 0], r_g[..., 1])
         phi = torch.where((labels == last)[:, None], r_g[..., 1], both)  # (M, T)
         r = torch.full_like(r_g, NEG)
