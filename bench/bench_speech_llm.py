@@ -199,7 +199,9 @@ def pick_rows(data: Path, n: int) -> list:
 
 
 def decode_bench(model, rows, waves) -> dict:
-    """Greedy decoding from in-memory 16 kHz waves (fbank included) at batch 1 and batch 16."""
+    """The default decoding (greedy; transcripts joint with the CTC compressor where the model allows,
+    so a mixed batch of 16 decodes as one ASR and one ST batch) from in-memory 16 kHz waves (fbank
+    included) at batch 1 and batch 16."""
     from speechllama import fbank
     from speechllama.inference import Request
 
