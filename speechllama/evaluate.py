@@ -17,9 +17,9 @@ import jiwer
 import torch
 
 from .data.batching import LengthBucketSampler, pad_feats
-from .models.build import CompressorBundle, load_compressor, resolve_llm_path
+from .models.build import CompressorBundle, load_compressor
 from .models.ctc_compressor import ctc_compress
-from .text import load_ctc_tokenizer, normalize
+from .text import normalize
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
@@ -206,13 +206,10 @@ def compressor_asr_rows(bundle, utts: list, store) -> list[dict]:
     (the encoder-decoder, or LLM-token labels of another LLM than the model's)."""
     from .models.speech_llm import SpeechLLM
 
-    if not isinstance(bundle.model, SpeechLLM):
+    if not isinstance(bundle.model, SpeechLLM) or bundle.ctc_tokenizer is None:
         return []
-    try:
-        tokenizer = load_ctc_tokenizer(bundle.path, resolve_llm_path(bundle.config, bundle.path))
-    except (FileNotFoundError, ValueError):
-        return []
-    ctc = CompressorBundle(bundle.model.compressor, bundle.cmvn, tokenizer, bundle.config, bundle.path)
+    ctc = CompressorBundle(bundle.model.compressor, bundle.cmvn, bundle.ctc_tokenizer, bundle.config,
+                           bundle.path)
     asr = [u for u in utts if u.task == "asr"]
     texts, _ = ctc_outputs(ctc, [store.get(u.audio) for u in asr]) if asr else ([], {})
     return [{"id": u.id, "task": "asr", "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
