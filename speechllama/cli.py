@@ -44,6 +44,7 @@ def _resolve_config(args):
 
 def cmd_train(args) -> int:
     from .config import save_config
+    from .models.shipped import is_shipped
     from .train import distributed_env, fit
 
     if getattr(args, "compressor", None):
@@ -52,8 +53,10 @@ def cmd_train(args) -> int:
         args.overrides.append(f"llm.path={args.llm}")
     cfg, last = _resolve_config(args)
     from_scratch = cfg.llm.init == "scratch" or cfg.speech_llm.system == "encoder_decoder"
-    if args.train_command != "ctc" and from_scratch and not cfg.llm.path:
-        cfg.llm.path = str(Path(args.out) / "llm-init")  # created by the task, kept with the run
+    if args.train_command != "ctc" and from_scratch and (not cfg.llm.path or is_shipped(cfg.llm.path)):
+        # a model trained from scratch has no pretrained LLM: its own is created by the task
+        # and kept with the run
+        cfg.llm.path = str(Path(args.out) / "llm-init")
     rank, world = distributed_env()
     if args.train_command == "ctc":
         from .tasks.ctc import CTCTask as Task

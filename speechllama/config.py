@@ -55,7 +55,9 @@ class CompressorConfig:
 class LLMConfig:
     """The frozen text LLM and its LoRA adapters (stage 2)."""
 
-    path: str = ""  # local Hugging Face LLaMA-family folder; "" = SmolLM2-135M-Instruct (cached)
+    # a shipped LLM's short name (gemma3-270m | smollm2; models/shipped.py, converted once into
+    # the cache) or a local Hugging Face folder of a supported family (models/llm_family.py)
+    path: str = "gemma3-270m"
     weights_hash: str = ""  # sha256 of the base weights, filled in at training time and checked on load
     lora_rank: int = 2  # 0 = no LoRA (the LLM stays exactly as it is)
     lora_alpha: float = 0.0  # 0 = equal to the rank (scaling 1)
@@ -97,6 +99,9 @@ class SpeechLLMConfig:
     unnamed_language_prob: float = 0.2  # share of training prompts that do not name the source language
     max_target_tokens: int = 96  # longer targets are skipped (counted) in training
     zero_audio: bool = False  # control experiment: the LLM gets zeros in place of the audio
+    # the LLM's output head in training and decoding: targets (only the tokens of the training
+    # targets, EOS and the byte tokens: Gemma's head has 262,144 rows; docs/design.md) | full
+    output_vocab: str = "targets"
 
 
 @dataclass
@@ -154,6 +159,7 @@ CHOICES = {  # string fields with a closed set of values
     "speech_llm.compression": ("average", "remove_blank", "none"),
     "speech_llm.audio_mask": ("non_causal", "causal"),
     "speech_llm.asr_target": ("verbatim", "normalized"),
+    "speech_llm.output_vocab": ("targets", "full"),
     "llm.init": ("pretrained", "scratch"),
     "speech_llm.system": ("decoder_only", "encoder_decoder"),
 }

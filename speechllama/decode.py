@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from .models.llm_family import head_logits, llm_attention_mask
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
@@ -40,6 +42,10 @@ class DecodingOptions:
 
     # joint decoding scores the LLM's best ctc_candidates next tokens per hypothesis with CTC
     ctc_candidates: int = 10
+
+    # a model trained over a restricted output vocabulary (speech_llm.output_vocab=targets) decodes
+    # over it too, at a fraction of the head's cost; True = over the LLM's whole vocabulary
+    full_vocab: bool = False
 
 
 def _verify_options(options: DecodingOptions) -> None:
@@ -83,6 +89,7 @@ def generate(
     max_new: torch.Tensor | None = None,
     cache: DynamicCache | None = None,
     scorer=None,
+    vocab: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Decode every row of a left-padded prefix; returns the new token ids of each row, without the EOS.
 
@@ -91,7 +98,8 @@ def generate(
     cap (further capped by ``options.max_new_tokens``); ``cache`` an empty cache to fill (default a
     DynamicCache; the encoder-decoder passes one that also carries its encoder memory); ``scorer`` a
     :class:`speechllama.ctc_prefix.CTCPrefixScorer` over the same rows for joint CTC/LLM decoding
-    (beam search, even at beam_size 1). Call ``model.eval()`` first (dropout).
+    (beam search, even at beam_size 1); ``vocab`` (V',) token ids: a transformers LLM scores only
+    these (the others get -inf). Call ``model.eval()`` first (dropout).
     """
     _verify_options(options)
     B, P, _ = prefix_embeds.shape
@@ -114,6 +122,7 @@ def generate(
     embeds, mask_4d, valid = prefix_embeds[rows], prefix_mask_4d[rows], prefix_valid[rows]
     if cache is not None and len(rows) < B:
         cache.batch_select_indices(rows)
+    model = _Scorer(model, vocab)
     if scorer is not None:
         found = _beam_search(model, embeds, mask_4d, valid, eos, options, caps[rows], cache,
                              scorer if len(rows) == B else scorer.rows(rows))
@@ -130,28 +139,42 @@ def generate(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _prefill(model, embeds, mask_4d, valid, cache=None) -> tuple[torch.Tensor, DynamicCache]:
+class _Scorer:
+    """The model's next-token logits (N, V) at the last position, over the whole vocabulary or,
+    with ``vocab``, through the decoder and only those rows of the output head."""
+
+    def __init__(self, model, vocab: torch.Tensor | None):
+        self.model, self.vocab, self.config = model, vocab, getattr(model, "config", None)
+
+    def __call__(self, **kwargs) -> torch.Tensor:
+        if self.vocab is None:
+            return self.model(**kwargs, logits_to_keep=1).logits[:, -1].float()  # (N, V)
+        hidden = self.model.get_decoder()(**kwargs).last_hidden_state[:, -1]  # (N, H)
+        part = head_logits(self.model, hidden, self.vocab).float()  # (N, V')
+        size = self.model.get_output_embeddings().weight.shape[0]
+        full = part.new_full((len(part), size), -math.inf)  # (N, V)
+        full[:, self.vocab] = part
+        return full
+
+
+def _prefill(model: _Scorer, embeds, mask_4d, valid, cache=None) -> tuple[torch.Tensor, DynamicCache]:
     """Run the whole prefix once; returns the logits of its last position (B, V) and the filled cache."""
     position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, P): pads get 0, they are never attended
     cache = DynamicCache(config=model.config) if cache is None else cache
-    out = model(
-        inputs_embeds=embeds, attention_mask=mask_4d, position_ids=position_ids,
-        cache=cache, use_cache=True, logits_to_keep=1,
-    )
-    return out.logits[:, -1].float(), cache  # (B, V)
+    logits = model(inputs_embeds=embeds, attention_mask=llm_attention_mask(model.config, mask_4d),
+                   position_ids=position_ids, cache=cache, use_cache=True)
+    return logits, cache  # (B, V)
 
 
-def _step(model, tokens, cache: DynamicCache, kv_valid: torch.Tensor, mask_dtype) -> torch.Tensor:
-    """Feed one new token per row (N,); kv_valid (N, L) marks the cached positions it may attend to."""
+def _step(model, tokens, cache: DynamicCache, kv_valid: torch.Tensor) -> torch.Tensor:
+    """Feed one new token per row (N,); kv_valid (N, L) marks the cached positions it may attend to.
+
+    The mask is the 2-D padding mask (N, L + 1): the model makes its causal and sliding-window
+    masks from it and from its cache (whose sliding layers keep only the window's keys)."""
     position_ids = kv_valid.long().sum(-1, keepdim=True)  # (N, 1): number of valid tokens before it
     attend = torch.cat([kv_valid, kv_valid.new_ones(len(tokens), 1)], dim=1)  # (N, L + 1)
-    mask = torch.zeros(attend.shape, dtype=mask_dtype, device=attend.device)
-    mask = mask.masked_fill(~attend, torch.finfo(mask_dtype).min)[:, None, None, :]  # (N, 1, 1, L + 1)
-    out = model(
-        input_ids=tokens[:, None].to(kv_valid.device), attention_mask=mask,
-        position_ids=position_ids, cache=cache, use_cache=True,
-    )
-    return out.logits[:, -1].float()  # (N, V)
+    return model(input_ids=tokens[:, None].to(kv_valid.device), attention_mask=attend,
+                 position_ids=position_ids, cache=cache, use_cache=True)  # (N, V)
 
 
 def _ban_repeats(scores: torch.Tensor, sequences: list[list[int]], n: int) -> torch.Tensor:
@@ -197,7 +220,7 @@ def _greedy(model, embeds, mask_4d, valid, eos: set[int], options, caps, cache=N
             kv_valid = kv_valid[index]
         live = [live[i] for i in keep]
         new = torch.tensor([tokens[r][-1] for r in live])  # (N,)
-        logits = _step(model, new, cache, kv_valid, mask_4d.dtype)  # (N, V)
+        logits = _step(model, new, cache, kv_valid)  # (N, V)
         kv_valid = torch.cat([kv_valid, kv_valid.new_ones(len(live), 1)], dim=1)  # (N, L + 1)
     return tokens
 
@@ -263,7 +286,7 @@ def _beam_search(model, embeds, mask_4d, valid, eos: set[int], options, caps, ca
         new = torch.tensor([tokens[-1] for r in live for tokens, _ in states[r].beams])  # (N,)
         if scorer is not None:
             scorer.select(index, new)
-        logits = _step(model, new, cache, kv_valid, mask_4d.dtype)  # (N, V)
+        logits = _step(model, new, cache, kv_valid)  # (N, V)
         kv_valid = torch.cat([kv_valid, kv_valid.new_ones(len(new), 1)], dim=1)  # (N, L + 1)
     return [state.best(options.length_penalty) for state in states]
 

@@ -157,9 +157,12 @@ def first_per_group(utts: list, per_group: int | None) -> list:
 
 
 def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
-                   out: str | Path | None = None, per_group: int | None = None) -> dict:
+                   out: str | Path | None = None, per_group: int | None = None,
+                   ceiling: bool = True) -> dict:
     """Decode the rows of ``manifest`` (all, or the first ``per_group`` of each task, language
-    pair and subset) with a Speech-LLaMA model and score them.
+    pair and subset) with a Speech-LLaMA model and score them; with ``ceiling``, also the frozen
+    LLM's own translation of the same ST rows from their reference transcripts
+    (:func:`text_mt_ceiling`).
 
     Writes ``OUT.hyp.jsonl``, ``OUT.json`` and ``OUT.md`` when ``out`` is given.
     """
@@ -190,6 +193,10 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     if model.options.ctc_weight and asr:  # what the LLM alone makes of the same rows
         alone = model.decode([requests[i] for i in asr], dataclasses.replace(model.options, ctc_weight=0.0))
         report["llm_alone_asr"] = score_rows([{**rows[i], "hyp": h} for i, h in zip(asr, alone)])["macro"]
+    if ceiling:
+        found = text_mt_ceiling(model.bundle, utts)
+        if found is not None:
+            report["text_mt_ceiling"] = found
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,15 +230,30 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}
 
 
+def ceiling_bleu(report: dict, row: dict) -> float | None:
+    """The text-MT ceiling's BLEU for a table row of the same task, pair and subset, if any."""
+    for t in report.get("text_mt_ceiling", {}).get("table", []):
+        if (t["task"], t["pair"], t["subset"]) == (row["task"], row["pair"], row["subset"]):
+            return t["bleu"]
+    return None
+
+
 def model_report_markdown(report: dict) -> str:
-    lines = ["| task | pair | subset | rows | BLEU | chrF | WER % | CER % |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| task | pair | subset | rows | BLEU | text-MT ceiling BLEU | chrF | WER % | CER % |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for t in report["table"]:
         f = lambda k: f"{t[k]:.1f}" if k in t else ""  # noqa: E731
+        c = ceiling_bleu(report, t)
         lines.append(f"| {t['task']} | {t['pair']} | {t['subset']} | {t['n']} | {f('bleu')} | "
-                     f"{f('chrf')} | {f('wer')} | {f('cer')} |")
+                     f"{'' if c is None else f'{c:.1f}'} | {f('chrf')} | {f('wer')} | {f('cer')} |")
     lines += ["", "Macro averages over language pairs:", ""]
     lines += [f"- {k}: **{v:.1f}**" for k, v in report["macro"].items()]
+    if "text_mt_ceiling" in report:
+        m = report["text_mt_ceiling"]["macro"]
+        lines += [f"- text-MT ceiling (the frozen LLM translating the reference transcripts, same "
+                  f"prompt and rows): st_bleu_all **{m['st_bleu_all']:.1f}**"
+                  + "".join(f", {k} **{m[k]:.1f}**" for k in ("st_bleu_numbers", "st_bleu_sentences")
+                            if k in m)]
     sig = next((t["bleu_signature"] for t in report["table"] if "bleu_signature" in t), None)
     if sig:
         lines += ["", f"sacrebleu signature: `{sig}`"]
@@ -251,3 +273,46 @@ def model_report_markdown(report: dict) -> str:
     lines += ["", f"Decoding speed: RTFx {report['rtfx']:.1f} (seconds of audio per second of wall time).",
               f"Parameters: {p['trainable'] / 1e6:.2f}M trainable of {p['total'] / 1e6:.1f}M."]
     return "\n".join(lines)
+
+
+@torch.inference_mode()
+def text_mt_ceiling(bundle, utts: list, batch_size: int = 16) -> dict | None:
+    """What the frozen LLM itself makes of the ST rows from text: the model's own prompt with the
+    reference source transcript's tokens in place of the audio vectors, LoRA off, greedy, the
+    whole vocabulary; scored like the model (:func:`score_rows`). None for systems without a
+    pretrained LLM (trained from scratch, the encoder-decoder) or without ST rows."""
+    import contextlib
+
+    from torch.nn.utils.rnn import pad_sequence
+
+    from .decode import DecodingOptions, generate
+    from .models.prompt import Prompter, stop_ids
+    from .models.speech_llm import SpeechLLM, assemble
+    from .text import word_start_prefix
+
+    model, tok = bundle.model, bundle.tokenizer
+    st = [u for u in utts if u.task == "st" and u.src_text]
+    if not isinstance(model, SpeechLLM) or bundle.config.llm.init != "pretrained" or not st:
+        return None
+    llm, embed = model.llm, model.llm.get_input_embeddings()
+    prompter, prefix = Prompter(tok, bundle.config.llm.system_prompt), word_start_prefix(tok)
+    sources = [tok(prefix + u.src_text, add_special_tokens=False)["input_ids"] for u in st]
+    order = sorted(range(len(st)), key=lambda i: len(sources[i]))
+    hyps = [""] * len(st)
+    off = llm.disable_adapter() if hasattr(llm, "disable_adapter") else contextlib.nullcontext()
+    options = DecodingOptions(max_tokens_per_second=0, ctc_weight=0.0, full_vocab=True)
+    with off:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            prompts = [prompter("st", st[i].src_lang, st[i].tgt_lang) for i in batch]
+            src = pad_sequence([embed(torch.tensor(sources[i])) for i in batch], batch_first=True)
+            lengths = torch.tensor([len(sources[i]) for i in batch])
+            embeds, mask, valid, _ = assemble(embed, src, lengths, [p[0] for p in prompts],
+                                              [p[1] for p in prompts], None, causal_audio=True)
+            budget = torch.clamp(2 * lengths + 8, max=options.max_new_tokens)
+            out = generate(llm, embeds, mask, valid, stop_ids(tok), options, budget)
+            for i, ids in zip(batch, out):
+                hyps[i] = tok.decode(ids, skip_special_tokens=True).strip()
+    rows = [{"id": u.id, "task": "st", "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
+             "ref": u.tgt_text, "hyp": h} for u, h in zip(st, hyps)]
+    return score_rows(rows)

@@ -15,6 +15,7 @@ from .audio import SAMPLE_RATE, fbank, load_audio, validate_wave
 from .data.batching import LengthBucketSampler, pad_feats
 from .decode import DecodingOptions, token_budget
 from .models.build import SpeechLLMBundle, load_speech_llm
+from .models.prompt import Prompter, stop_ids
 
 AudioLike = str | os.PathLike | np.ndarray
 
@@ -45,8 +46,6 @@ class SpeechToText:
 
     def __init__(self, bundle: SpeechLLMBundle, options: DecodingOptions = DecodingOptions(),
                  max_frames: int = 16000):
-        from .tasks.speech_llm import Prompter
-
         self.bundle, self.max_frames = bundle, max_frames
         self.ctc_map, self.no_joint = joint_ctc_map(bundle)
         self.options = self.resolve(options)
@@ -84,7 +83,7 @@ class SpeechToText:
     def decode(self, requests: Sequence[Request], options: DecodingOptions | None = None) -> list[str]:
         """Decode requests in length-sorted batches; results in the order given."""
         options = self.options if options is None else self.resolve(options)
-        eos = self.bundle.tokenizer.eos_token_id
+        eos = stop_ids(self.bundle.tokenizer)
         texts = [""] * len(requests)
         joint = bool(options.ctc_weight)  # transcripts decoded jointly with CTC, in batches of their own
         for group in ([i for i, r in enumerate(requests) if r.task == "asr" and joint],

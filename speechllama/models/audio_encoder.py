@@ -52,23 +52,26 @@ class AudioEncoder(nn.Module):
 
 
 @torch.no_grad()
-def piece_embeddings(ctc_tokenizer, llm_tokenizer, llm_embed: nn.Embedding) -> torch.Tensor:
-    """(V_ctc, H): the LLM input embedding of each CTC label; zero for blank and unk.
+def piece_embeddings(ctc_tokenizer, llm_tokenizer, llm_embed: nn.Embedding,
+                     scale: float = 1.0) -> torch.Tensor:
+    """(V_ctc, H): the LLM input embedding of each CTC label (its table row times ``scale``, the
+    family's embedding scale: what ``llm_embed(ids)`` returns); zero for blank and unk.
 
     LLM-token labels get their token's embedding (exact); a sentencepiece piece gets the mean
     embedding of the LLM tokens of its text (an approximation the LLM reads poorly,
     docs/design.md)."""
-    weight = llm_embed.weight.detach().float()
+    table = llm_embed.weight.detach()
+    weight = _Rows(table, scale)
     if isinstance(ctc_tokenizer, LLMTokenCTCTokenizer):
         if llm_tokenizer.convert_ids_to_tokens(ctc_tokenizer.llm_ids) != \
                 ctc_tokenizer.llm_tokenizer.convert_ids_to_tokens(ctc_tokenizer.llm_ids):
             raise ValueError("speech_llm.piece_prior: the compressor's CTC labels are tokens of "
                              "another LLM (train stage 1 with --llm set to this LLM)")
-        out = torch.zeros(ctc_tokenizer.vocab_size, weight.shape[1])
+        out = torch.zeros(ctc_tokenizer.vocab_size, table.shape[1])
         out[2:] = weight[torch.tensor(ctc_tokenizer.llm_ids, dtype=torch.long)]
         return out
     sp = ctc_tokenizer.sp
-    out = torch.zeros(sp.get_piece_size(), weight.shape[1])
+    out = torch.zeros(sp.get_piece_size(), table.shape[1])
     for v in range(sp.get_piece_size()):
         if sp.is_control(v) or sp.is_unknown(v):
             continue
@@ -77,3 +80,21 @@ def piece_embeddings(ctc_tokenizer, llm_tokenizer, llm_embed: nn.Embedding) -> t
         if ids:
             out[v] = weight[ids].mean(0)
     return out
+
+
+class _Rows:
+    """Rows of an embedding table in float32 times a scale, without copying the whole table."""
+
+    def __init__(self, table: torch.Tensor, scale: float):
+        self.table, self.scale = table, scale
+
+    def __getitem__(self, ids) -> torch.Tensor:
+        return self.table[ids].float() * self.scale
+
+
+def embedding_rms(embed: nn.Embedding, scale: float = 1.0, chunk: int = 16384) -> float:
+    """Mean RMS of the LLM's input token embeddings (its table rows times ``scale``), in chunks
+    (Gemma's table is 262k rows)."""
+    table = embed.weight.detach()
+    rms = [table[i:i + chunk].float().pow(2).mean(-1).sqrt() for i in range(0, len(table), chunk)]
+    return float(torch.cat(rms).mean()) * scale

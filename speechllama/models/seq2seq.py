@@ -2,7 +2,7 @@
 decoder with cross-attention, trained from scratch.
 
 The decoder follows the call convention of a Hugging Face causal LM (``inputs_embeds`` or
-``input_ids``, a 4-D additive ``attention_mask``, ``position_ids``, ``cache``, ``logits_to_keep``)
+``input_ids``, a 4-D additive ``attention_mask`` (or a decoding step's 2-D padding mask), ``position_ids``, ``cache``, ``logits_to_keep``)
 so ``speechllama.decode`` (greedy, beam, KV cache) serves all systems. The encoder memory rides in
 the cache (:class:`Seq2SeqCache`), so beam search reorders it with the self-attention keys/values.
 
@@ -97,6 +97,9 @@ class TransformerDecoderLM(nn.Module):
         """Returns an object with ``.logits`` (B, T or logits_to_keep, V). The memory comes from
         the arguments (training) or from the cache (decoding)."""
         x = inputs_embeds if inputs_embeds is not None else self.embed(input_ids)  # (B, T, D)
+        if attention_mask.dim() == 2:  # a decoding step's padding mask (B, L) -> additive (B, 1, 1, L)
+            attention_mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device) \
+                .masked_fill(~attention_mask.bool(), torch.finfo(x.dtype).min)[:, None, None]
         if memory is None:
             memory, memory_valid = cache.memory, cache.memory_valid
         table = sinusoids(int(position_ids.max()) + 1, self.dim).to(x.device, x.dtype)

@@ -21,6 +21,7 @@ from ..decode import DecodingOptions, generate
 from .audio_encoder import AudioEncoder
 from .ctc_compressor import CTCCompressor, ctc_compress
 from .llm import audio_text_mask
+from .llm_family import head_logits, llm_attention_mask
 
 IGNORE = -100  # label of positions that carry no loss
 
@@ -30,9 +31,10 @@ class SpeechLLM(nn.Module):
 
     def __init__(self, compressor: CTCCompressor, encoder: AudioEncoder, llm: nn.Module,
                  compression: str, causal_audio: bool, freeze_compressor: bool = True,
-                 zero_audio: bool = False):
+                 zero_audio: bool = False, vocab: OutputVocab | None = None):
         super().__init__()
         self.compressor, self.encoder, self.llm = compressor, encoder, llm
+        self.vocab = vocab  # the restricted output vocabulary (speech_llm.output_vocab), or None
         self.compression, self.causal_audio = compression, causal_audio
         self.freeze_compressor = freeze_compressor
         self.zero_audio = zero_audio  # control: same layout and training, no audio information
@@ -70,7 +72,7 @@ class SpeechLLM(nn.Module):
         """Mean cross-entropy over the target tokens (eos included)."""
         audio, n = self.encode_audio(feats, lengths)
         embeds, mask, valid, labels = self.assemble(audio, n, before, after, targets)
-        return next_token_loss(self.llm, embeds, mask, valid, labels, targets)
+        return next_token_loss(self.llm, embeds, mask, valid, labels, targets, self.vocab)
 
     @torch.no_grad()
     def generate(self, feats, lengths, before, after, eos_id, options: DecodingOptions,
@@ -85,7 +87,9 @@ class SpeechLLM(nn.Module):
         if ctc_map is not None and options.ctc_weight:
             scorer = CTCPrefixScorer(logits.float().log_softmax(-1), frames, ctc_map,
                                      options.ctc_weight, options.ctc_candidates)
-        return generate(self.llm, embeds, mask, valid, eos_id, options, max_new, scorer=scorer)
+        vocab = None if options.full_vocab or self.vocab is None else self.vocab.ids
+        return generate(self.llm, embeds, mask, valid, eos_id, options, max_new, scorer=scorer,
+                        vocab=vocab)
 
 
 def assemble(embed: nn.Module, audio: torch.Tensor, audio_lengths: torch.Tensor,
@@ -120,12 +124,50 @@ def assemble(embed: nn.Module, audio: torch.Tensor, audio_lengths: torch.Tensor,
     return embeds, mask, valid, (lab if targets is not None else None)
 
 
-def next_token_loss(lm: nn.Module, embeds, mask, valid, labels, targets, **kwargs) -> torch.Tensor:
-    """Mean cross-entropy of ``lm`` on the labelled (target) positions of an assembled batch."""
+def next_token_loss(lm: nn.Module, embeds, mask, valid, labels, targets, vocab=None,
+                    **kwargs) -> torch.Tensor:
+    """Mean cross-entropy of ``lm`` on the labelled (target) positions of an assembled batch.
+
+    With ``vocab`` (an :class:`OutputVocab`), a transformers LLM's head is applied to those
+    positions for the vocabulary's tokens only: the cross-entropy of the softmax over them (exact
+    for that objective; the full head of Gemma-3-270M is 262,144 rows)."""
     keep = max(len(t) for t in targets) + 1  # the last positions hold every row's target
     position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-             logits_to_keep=keep, **kwargs)
-    logits = out.logits[:, :-1].float()  # (B, keep-1, V) predicts the next token
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                           labels[:, -keep + 1:].reshape(-1), ignore_index=IGNORE)
+    mask = llm_attention_mask(getattr(lm, "config", None), mask)
+    labels = labels[:, -keep + 1:]  # (B, keep-1)
+    if vocab is None:
+        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                 logits_to_keep=keep, **kwargs)
+        logits = out.logits[:, :-1].float()  # (B, keep-1, V) predicts the next token
+    else:
+        out = lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                               **kwargs)
+        hidden = out.last_hidden_state[:, -keep:-1]  # (B, keep-1, H)
+        logits = head_logits(lm, hidden, vocab.ids).float()  # (B, keep-1, V')
+        labels = vocab.positions(labels)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE)
+
+
+class OutputVocab(nn.Module):
+    """The LLM tokens a model is trained (and by default decodes) over: ``ids`` (V',) sorted.
+
+    Built from the training targets (every token any target uses, EOS included) plus the byte
+    tokens of the tokenizer, so any text can still be spelled; saved with the model's weights."""
+
+    def __init__(self, ids: torch.Tensor, size: int):
+        super().__init__()
+        ids = torch.as_tensor(ids, dtype=torch.long).unique()  # sorted
+        if len(ids) == 0 or int(ids[0]) < 0 or int(ids[-1]) >= size:
+            raise ValueError(f"output vocabulary ids must lie in [0, {size})")
+        index = torch.full((size,), IGNORE, dtype=torch.long)
+        index[ids] = torch.arange(len(ids))
+        self.register_buffer("ids", ids, persistent=False)
+        self.register_buffer("index", index, persistent=False)
+
+    def positions(self, labels: torch.Tensor) -> torch.Tensor:
+        """LLM token ids (IGNORE kept) -> positions in ``ids``; a token outside is an error."""
+        out = torch.where(labels == IGNORE, labels, self.index[labels.clamp(min=0)])
+        if bool(((out == IGNORE) & (labels != IGNORE)).any()):
+            raise ValueError("a target token is outside the model's output vocabulary")
+        return out

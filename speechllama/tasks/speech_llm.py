@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoTokenizer
 
 from ..audio import CMVN, spec_augment
 from ..checkpoint import load_tensors, save_tensors
@@ -19,27 +20,16 @@ from ..models.build import (
     build_speech_llm,
     load_compressor,
     load_speech_llm_weights,
+    output_vocab_ids,
     resolve_llm_path,
     speech_llm_state,
 )
-from ..models.llm import build_prompt, create_scratch_llm, instruction, weights_hash
+from ..models.llm import create_scratch_llm, weights_hash
+from ..models.prompt import Prompter
+from ..models.shipped import is_shipped
 from ..text import normalize, word_start_prefix
 from ..train import rank0_first
 from .ctc import feature_cache_path
-
-
-class Prompter:
-    """Instruction token ids (before, after the audio) for (task, src_lang or None, tgt_lang), cached."""
-
-    def __init__(self, tokenizer, system: str):
-        self.tokenizer, self.system, self.cache = tokenizer, system, {}
-
-    def __call__(self, task: str, src_lang: str | None, tgt_lang: str):
-        key = (task, src_lang, tgt_lang)
-        if key not in self.cache:
-            text = instruction(task, src_lang, tgt_lang)
-            self.cache[key] = build_prompt(self.tokenizer, text, system=self.system or None)
-        return self.cache[key]
 
 
 def target_ids(tokenizer, text: str) -> list[int]:
@@ -47,12 +37,12 @@ def target_ids(tokenizer, text: str) -> list[int]:
 
 
 def target_text(u: Utterance, asr_target: str, tokenizer) -> str:
-    """The text a row is trained to produce: its tgt_text, or for ASR rows with
-    ``asr_target=normalized`` the normalised transcript in word-initial form (the decoder's
-    output is stripped, so the leading space never shows)."""
-    if u.task == "asr" and asr_target == "normalized":
-        return word_start_prefix(tokenizer) + normalize(u.tgt_text)
-    return u.tgt_text
+    """The text a row is trained to produce, in word-initial form (the tokenizer's word-start
+    marker first, as a word after "English:" is spelled in running text; the decoder's output is
+    stripped, so it never shows): its tgt_text, or for ASR rows with ``asr_target=normalized`` the
+    normalised transcript, each word in the LLM tokens the compressor's labels spell."""
+    text = normalize(u.tgt_text) if u.task == "asr" and asr_target == "normalized" else u.tgt_text
+    return word_start_prefix(tokenizer) + text
 
 
 class SpeechLLMTask:
@@ -70,7 +60,7 @@ class SpeechLLMTask:
         rows = read_manifest(cfg.data.train)
         seq2seq = cfg.speech_llm.system == "encoder_decoder"
         if cfg.llm.init == "scratch" or seq2seq:
-            if not cfg.llm.path:
+            if not cfg.llm.path or is_shipped(cfg.llm.path):
                 raise ValueError("a model trained from scratch needs llm.path: the folder to "
                                  "create its tokenizer (and LLM) in")
             lc = cfg.llm
@@ -80,14 +70,16 @@ class SpeechLLMTask:
         llm_path = rank0_first(resolve_llm_path, cfg)  # transformers saves on rank 0 only
         # the encoder-decoder has no base LLM weights, only its tokenizer in that folder
         cfg.llm.path, cfg.llm.weights_hash = str(llm_path), "" if seq2seq else weights_hash(llm_path)
-        torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
-        self.model, self.tokenizer = build_speech_llm(
-            cfg, bundle.model, None, bundle.tokenizer,
-            frozen_dtype=torch.bfloat16 if cfg.train.bf16 else torch.float32)
-        self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
+        self.tokenizer = AutoTokenizer.from_pretrained(llm_path, local_files_only=True)
         self.store = rank0_first(load_features, [u.audio for u in rows],
                                  feature_cache_path(cfg.data.train), progress=progress and rank == 0)
         self.items = self._usable(rows, rank)
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
+        self.model, self.tokenizer = build_speech_llm(
+            cfg, bundle.model, None, bundle.tokenizer,
+            frozen_dtype=torch.bfloat16 if cfg.train.bf16 else torch.float32,
+            vocab_ids=output_vocab_ids(self.tokenizer, [t for _, t in self.items]))
+        self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
         frames = [self.store.num_frames(u.audio) for u, _ in self.items]
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
                                            rank=rank, world_size=world_size)

