@@ -1,62 +1,45 @@
 #!/usr/bin/env python
-"""Can the frozen LLM translate the demo's sentences from TEXT? Inference only, no training.
+"""The text-MT ceiling of a frozen LLM on the demo's test rows, without any speech model.
 
-For the first ``--rows`` ST rows of each (language, numbers/sentences) group it puts the reference
-source transcript's own tokens where the audio vectors go in the real prompt (the speech
-translation instruction, the demo's system prompt) and lets the frozen LLM (no LoRA) translate
-greedily. The BLEU it reaches is what a perfect audio side would be worth with no translation
-learned in stage 2: the starting point stage 2's LoRA and audio encoder have to improve on.
+For the first ``--rows`` ST rows of each (language pair, numbers/sentences) group it puts the
+reference source transcript's tokens where the audio vectors go in the speech model's prompt
+(speechllama.models.prompt) and lets the frozen LLM (no LoRA) translate greedily: the same
+measurement ``speechllama evaluate`` reports as "text-MT ceiling" next to a speech model's BLEU
+(speechllama.evaluate.text_mt_ceiling). What a perfect ear would be worth with no translation
+learned in stage 2.
 
-    .venv/bin/python bench/probe_text_mt.py --data runs/demo/data/test.jsonl --rows 10
+    .venv/bin/python bench/probe_text_mt.py --llm gemma3-270m --rows 15
+    .venv/bin/python bench/probe_text_mt.py --llm smollm2 --rows 15
 """
 
 import argparse
-from collections import defaultdict
+import time
 
-import torch
-
-from speechllama.config import LLMConfig
+from speechllama.config import LLMConfig, from_dict
 from speechllama.data import read_manifest
-from speechllama.decode import DecodingOptions, generate
-from speechllama.evaluate import subset_of, translation_scores
-from speechllama.models.llm import audio_text_mask, build_prompt, default_llm_path, instruction, load_llm
+from speechllama.evaluate import first_per_group, text_mt_ceiling
+from speechllama.models.build import resolve_llm_path
+from speechllama.models.llm import load_llm
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="runs/demo/data/test.jsonl")
-    ap.add_argument("--rows", type=int, default=10, help="ST rows per language and subset")
-    ap.add_argument("--llm", default=None, help="LLM folder (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--rows", type=int, default=15, help="ST rows per language pair and subset")
+    ap.add_argument("--llm", default="", help="shipped name or folder (default: the default LLM)")
     args = ap.parse_args()
 
-    llm, tok = load_llm(args.llm or default_llm_path(), lora_rank=0)
+    cfg = from_dict({"llm": {"path": args.llm or LLMConfig().path}})
+    llm, tok = load_llm(resolve_llm_path(cfg), lora_rank=0)
     llm.eval()
-    groups = defaultdict(list)
-    for u in read_manifest(args.data):
-        if u.task == "st" and len(groups[(u.src_lang, subset_of(u.id))]) < args.rows:
-            groups[(u.src_lang, subset_of(u.id))].append(u)
-    system = LLMConfig().system_prompt
-    print(f"{'pair':8} {'subset':10} {'rows':>4} {'BLEU':>6} {'chrF':>6}  example")
-    macro = defaultdict(list)
-    for (lang, subset), rows in sorted(groups.items()):
-        hyps = []
-        for u in rows:
-            before, after = build_prompt(tok, instruction("st", u.src_lang, u.tgt_lang), system=system)
-            source = tok(u.src_text, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([before + source + after])
-            valid = torch.ones_like(ids, dtype=torch.bool)
-            mask = audio_text_mask(torch.tensor([len(before)]), torch.tensor([len(source)]), valid,
-                                   causal_audio=True)  # plain causal text
-            with torch.no_grad():
-                out = generate(llm, llm.get_input_embeddings()(ids), mask, valid, tok.eos_token_id,
-                               DecodingOptions(max_new_tokens=40))
-            hyps.append(tok.decode(out[0], skip_special_tokens=True).strip())
-        s = translation_scores([u.tgt_text for u in rows], hyps)
-        macro[subset].append(s["bleu"])
-        print(f"{lang}-en {subset:10} {len(rows):4d} {s['bleu']:6.1f} {s['chrf']:6.1f}  "
-              f"{rows[0].src_text!r} -> {hyps[0][:70]!r} (ref {rows[0].tgt_text!r})")
-    for subset, vals in sorted(macro.items()):
-        print(f"macro BLEU {subset}: {sum(vals) / len(vals):.1f}")
+    rows = first_per_group([u for u in read_manifest(args.data) if u.task == "st"], args.rows)
+    start = time.time()
+    result = text_mt_ceiling(llm, tok, cfg.llm.system_prompt, rows)
+    print(f"{'pair':8} {'subset':10} {'rows':>4} {'BLEU':>6} {'chrF':>6}")
+    for t in result["table"]:
+        print(f"{t['pair']:8} {t['subset']:10} {t['n']:4d} {t['bleu']:6.1f} {t['chrf']:6.1f}")
+    print(" ".join(f"{k} {v:.1f}" for k, v in result["macro"].items() if "bleu" in k),
+          f"({len(rows)} rows, {time.time() - start:.0f} s)")
 
 
 if __name__ == "__main__":

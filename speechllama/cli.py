@@ -258,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--numbers", type=int, default=300, help="number expressions per language")
     p.add_argument("--procs", type=int, default=2,
                    help="stage-1 training processes (torchrun ranks); stage 2 runs as one process")
-    p.add_argument("--control", action="store_true",
-                   help="also train the zero-audio control (same training, audio replaced by zeros)")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the zero-audio control (same training, audio replaced by zeros), "
+                        "which the demo trains by default to test that the model listens")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides for both training stages, e.g. train.max_steps=100")
     p.set_defaults(func=cmd_demo)

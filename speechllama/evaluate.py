@@ -194,7 +194,7 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
         alone = model.decode([requests[i] for i in asr], dataclasses.replace(model.options, ctc_weight=0.0))
         report["llm_alone_asr"] = score_rows([{**rows[i], "hyp": h} for i, h in zip(asr, alone)])["macro"]
     if ceiling:
-        found = text_mt_ceiling(model.bundle, utts)
+        found = model_ceiling(model.bundle, utts)
         if found is not None:
             report["text_mt_ceiling"] = found
     if out is not None:
@@ -275,27 +275,36 @@ def model_report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def model_ceiling(bundle, utts: list) -> dict | None:
+    """:func:`text_mt_ceiling` of a loaded model's LLM; None for systems without a pretrained
+    LLM (trained from scratch, the encoder-decoder)."""
+    from .models.speech_llm import SpeechLLM
+
+    if not isinstance(bundle.model, SpeechLLM) or bundle.config.llm.init != "pretrained":
+        return None
+    return text_mt_ceiling(bundle.model.llm, bundle.tokenizer, bundle.config.llm.system_prompt, utts)
+
+
 @torch.inference_mode()
-def text_mt_ceiling(bundle, utts: list, batch_size: int = 16) -> dict | None:
-    """What the frozen LLM itself makes of the ST rows from text: the model's own prompt with the
-    reference source transcript's tokens in place of the audio vectors, LoRA off, greedy, the
-    whole vocabulary; scored like the model (:func:`score_rows`). None for systems without a
-    pretrained LLM (trained from scratch, the encoder-decoder) or without ST rows."""
+def text_mt_ceiling(llm, tok, system_prompt: str, utts: list, batch_size: int = 16) -> dict | None:
+    """What the frozen LLM itself makes of the ST rows from text: the speech model's prompt with
+    the reference source transcript's tokens in place of the audio vectors, LoRA off (if any),
+    greedy, the whole vocabulary; scored like the model (:func:`score_rows`). None without ST
+    rows."""
     import contextlib
 
     from torch.nn.utils.rnn import pad_sequence
 
     from .decode import DecodingOptions, generate
     from .models.prompt import Prompter, stop_ids
-    from .models.speech_llm import SpeechLLM, assemble
+    from .models.speech_llm import assemble
     from .text import word_start_prefix
 
-    model, tok = bundle.model, bundle.tokenizer
     st = [u for u in utts if u.task == "st" and u.src_text]
-    if not isinstance(model, SpeechLLM) or bundle.config.llm.init != "pretrained" or not st:
+    if not st:
         return None
-    llm, embed = model.llm, model.llm.get_input_embeddings()
-    prompter, prefix = Prompter(tok, bundle.config.llm.system_prompt), word_start_prefix(tok)
+    embed = llm.get_input_embeddings()
+    prompter, prefix = Prompter(tok, system_prompt), word_start_prefix(tok)
     sources = [tok(prefix + u.src_text, add_special_tokens=False)["input_ids"] for u in st]
     order = sorted(range(len(st)), key=lambda i: len(sources[i]))
     hyps = [""] * len(st)

@@ -81,7 +81,7 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
         report_file = runs / f"{system}-test.json"
         if not report_file.exists():
             evaluate_model(model_dir, data / "test.jsonl", out=report_file.with_suffix(""),
-                           per_group=per_group)
+                           per_group=per_group, ceiling=system == "speech-llama")
         results[system] = _summary(json.loads(report_file.read_text()), t.data.get(system))
     if whisper:
         results["whisper-base"] = _whisper(data / "test.jsonl", per_group, runs)
@@ -94,7 +94,16 @@ def _summary(report: dict, train_s: float | None) -> dict:
             "macro_bleu_numbers": report["macro"].get("st_bleu_numbers"),
             "macro_bleu_sentences": report["macro"].get("st_bleu_sentences"),
             "asr_wer": report["macro"].get("asr_wer_all"), **report["parameters"],
-            "train_seconds": train_s, "rtfx": report["rtfx"]}
+            "train_seconds": train_s, "rtfx": report["rtfx"], "ceiling": _ceiling(report)}
+
+
+def _ceiling(report: dict) -> dict | None:
+    """The frozen LLM's text-MT BLEU on the same ST rows (evaluate.text_mt_ceiling), if measured."""
+    c = report.get("text_mt_ceiling")
+    if c is None:
+        return None
+    return {"bleu": {r["pair"]: r["bleu"] for r in c["table"] if r["subset"] == "all"},
+            "macro_bleu": c["macro"].get("st_bleu_all")}
 
 
 def _whisper(manifest: Path, per_group: int, runs: Path) -> dict:
@@ -236,6 +245,13 @@ def write_table(results: dict, out: Path, data: Path, per_group: int, command: s
                      f"{fmt(r['macro_bleu_sentences'])} | {fmt(r['asr_wer'])} | "
                      f"{r['trainable'] / 1e6:.2f}M | {r['total'] / 1e6:.1f}M | "
                      f"{fmt(r['train_seconds'], '{:.0f}')} | {fmt(r['rtfx'])} |")
+    for name, r in results.items():
+        if r.get("ceiling"):
+            c = r["ceiling"]
+            lines += ["", f"Text-MT ceiling: the frozen LLM of `{name}` translating the reference "
+                          "transcripts of the same ST rows (same prompt, LoRA off): "
+                          + ", ".join(f"{p} {fmt(c['bleu'].get(p))}" for p in pairs)
+                          + f"; average **{fmt(c['macro_bleu'])}** BLEU."]
     lines += ["", "## The paper's claims", ""]
     lines += [f"- {text}: **{ok}** ({why})" for text, ok, why in claims(results, runs)]
     lines += ["", f"Verdicts: a claim is *inconclusive* when both systems are below {LEARNED:.0f} "

@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import load_config
 from .evaluate import ctc_report_markdown
+from .models.shipped import describe_llm
 
 
 def _pair_table(reports: dict) -> list[str]:
+    """Per task, language pair and subset: each model's BLEU (ST) or WER (ASR), and beside the
+    first model's BLEU its frozen LLM's text-MT ceiling on the same rows."""
+    from .evaluate import ceiling_bleu
+
     names = list(reports)
-    lines = ["| task | pair | subset | " + " | ".join(names) + " |",
-             "|---|---|---|" + "---:|" * len(names)]
-    first = reports[names[0]]["table"]
+    first_report = reports[names[0]]
+    has_ceiling = "text_mt_ceiling" in first_report
+    columns = names[:1] + (["text-MT ceiling (frozen LLM, reference transcript)"] if has_ceiling else []) \
+        + names[1:]
+    lines = ["| task | pair | subset | " + " | ".join(columns) + " |",
+             "|---|---|---|" + "---:|" * len(columns)]
+    first = first_report["table"]
     for row in first:
         metric = "bleu" if row["task"] == "st" else "wer"
         cells = []
@@ -20,6 +30,9 @@ def _pair_table(reports: dict) -> list[str]:
             match = [r for r in reports[name]["table"] if (r["task"], r["pair"], r["subset"]) ==
                      (row["task"], row["pair"], row["subset"])]
             cells.append(f"{match[0][metric]:.1f}" if match else "")
+        if has_ceiling:
+            c = ceiling_bleu(first_report, row)
+            cells.insert(1, "" if c is None else f"{c:.1f}")
         label = "BLEU" if metric == "bleu" else "WER %"
         lines.append(f"| {row['task']} ({label}) | {row['pair']} | {row['subset']} | "
                      + " | ".join(cells) + " |")
@@ -31,6 +44,7 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
     stats = json.loads((data / "stats.json").read_text())
     main = reports["speech-llm"]
     params = main["parameters"]
+    llm_path = load_config(out / "model" / "config.yaml").llm.path
     lines = ["# speechllama demo report", "",
              "Reproduce: `bash scripts/demo.sh` (= install, then `speechllama demo --out runs/demo`).",
              "", "## Corpus", "",
@@ -39,16 +53,24 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
              + ", ".join(f"{k}: {v['audio_files']} recordings / {v['hours']:.2f} h"
                          for k, v in stats["splits"].items()) + ".",
              "", "## Speech-LLaMA on the test split (unseen sentences)", "",
+             f"LLM: {describe_llm(llm_path)}, frozen, with LoRA.", "",
              f"Model: `{out / 'model'}`; trainable {params['trainable'] / 1e6:.2f}M of "
-             f"{params['total'] / 1e6:.1f}M parameters (audio encoder + LoRA; SmolLM2 and the "
+             f"{params['total'] / 1e6:.1f}M parameters (audio encoder + LoRA; the LLM and the "
              f"CTC compressor frozen). Rows scored: the first {per_group} test rows of each task, "
-             f"language pair and subset (`speechllama evaluate --per-group {per_group}`).", ""]
+             f"language pair and subset (`speechllama evaluate --per-group {per_group}`). "
+             "The text-MT ceiling is the frozen LLM (LoRA off) given the same prompt with the "
+             "reference source transcript in place of the audio: what a perfect ear would be "
+             "worth without any translation learned.", ""]
     lines += _pair_table(reports)
     lines += ["", "Macro averages over language pairs:", "",
               "| metric | " + " | ".join(reports) + " |", "|---|" + "---:|" * len(reports)]
     for key in main["macro"]:
         lines.append(f"| {key} | " + " | ".join(f"{r['macro'].get(key, float('nan')):.1f}"
                                                for r in reports.values()) + " |")
+    if "text_mt_ceiling" in main:
+        lines.append("| st_bleu_all text-MT ceiling (frozen LLM, reference transcripts) | "
+                     f"{main['text_mt_ceiling']['macro']['st_bleu_all']:.1f} |"
+                     + " |" * (len(reports) - 1))
     for part, label in (("llm_alone_asr", "of the LLM alone (ctc_weight 0, same rows)"),
                         ("compressor_asr", "of its CTC compressor alone (greedy, same rows)")):
         for key in ("asr_wer_all", "asr_cer_all"):  # the bar for ASR: the compressor alone

@@ -91,6 +91,8 @@ def tiny_llm_folder(path: Path, words=LLM_WORDS, hidden=32, layers=2, heads=4, k
     return path
 
 
-# words of TWO_UTTERANCES' transcripts and translations (upper case), for a tiny LLM vocabulary
+# words of TWO_UTTERANCES' transcripts and translations (upper case), for a tiny LLM vocabulary,
+# and those of the base-LLM prompt layout (models/prompt.py) that the whitespace tokenizer sees
 CORPUS_WORDS = ["<unk>", "<s>", "</s>", "eins", "zwei", "drei", "vier", "fünf",
-                "EINS", "ZWEI", "DREI", "VIER", "FÜNF"]
+                "EINS", "ZWEI", "DREI", "VIER", "FÜNF",
+                "German:", "English:", "transcript:", "Speech:", "Transcript:"]

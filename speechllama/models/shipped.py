@@ -130,3 +130,17 @@ def _convert_gguf(gguf_dir: str, gguf_name: str, out_dir: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def shipped_name(path: str | os.PathLike) -> str | None:
+    """The short name of the shipped LLM converted into ``path`` (by its folder name), or None."""
+    return next((s.name for s in SHIPPED.values() if Path(path).name == s.dirname), None)
+
+
+def describe_llm(path: str | os.PathLike) -> str:
+    """One line for reports: the shipped LLM's description and licence, or the folder."""
+    name = shipped_name(path) if path else DEFAULT_LLM
+    if name is None:
+        return f"`{path}`"
+    s = SHIPPED[name]
+    return f"{s.description} (`--llm {name}`; licence: {s.licence})"
