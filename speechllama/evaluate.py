@@ -296,6 +296,7 @@ def text_mt_ceiling(llm, tok, system_prompt: str, utts: list, batch_size: int = 
     from torch.nn.utils.rnn import pad_sequence
 
     from .decode import DecodingOptions, generate
+    from .models.llm_family import llm_inputs
     from .models.prompt import Prompter, stop_ids
     from .models.speech_llm import assemble
     from .text import word_start_prefix
@@ -318,6 +319,7 @@ def text_mt_ceiling(llm, tok, system_prompt: str, utts: list, batch_size: int = 
             lengths = torch.tensor([len(sources[i]) for i in batch])
             embeds, mask, valid, _ = assemble(embed, src, lengths, [p[0] for p in prompts],
                                               [p[1] for p in prompts], None, causal_audio=True)
+            embeds, mask = llm_inputs(llm, embeds, mask)
             budget = torch.clamp(2 * lengths + 8, max=options.max_new_tokens)
             out = generate(llm, embeds, mask, valid, stop_ids(tok), options, budget)
             for i, ids in zip(batch, out):

@@ -128,6 +128,11 @@ def joint_ctc_map(bundle: SpeechLLMBundle) -> tuple[torch.Tensor | None, str]:
     return llm_to_ctc_map(size, bundle.ctc_tokenizer.llm_ids, unk=UNK), ""
 
 
-def load(path: str | os.PathLike, options: DecodingOptions = DecodingOptions()) -> SpeechToText:
-    """Load a trained Speech-LLaMA model (checkpoint folder, run folder or exported model)."""
-    return SpeechToText(load_speech_llm(Path(path)), options)
+def load(path: str | os.PathLike, options: DecodingOptions = DecodingOptions(),
+         dtype: torch.dtype = torch.bfloat16) -> SpeechToText:
+    """Load a trained Speech-LLaMA model (checkpoint folder, run folder or exported model).
+
+    ``dtype``: of the frozen pretrained LLM's weights (the audio encoder and LoRA stay float32).
+    bf16 by default: decoding is bound by reading weights, and bf16 weights halve that
+    (bench/bench_speech_llm.py measures both; autocast instead would re-cast every step)."""
+    return SpeechToText(load_speech_llm(Path(path), frozen_dtype=dtype), options)

@@ -58,6 +58,12 @@ def test_save_load_identity_and_batched_equals_single(trained):
     assert batched == ["EINS ZWEI DREI", "VIER FÜNF"]
     beam = a.translate(waves, src_lang="de", options=DecodingOptions(beam_size=3))
     assert beam == batched
+    # the frozen LLM decodes with bf16 weights by default; float32 weights give the same text
+    assert a.bundle.model.llm.get_input_embeddings().weight.dtype == torch.bfloat16
+    fp32 = load(run, dtype=torch.float32)
+    assert fp32.bundle.model.llm.get_input_embeddings().weight.dtype == torch.float32
+    assert fp32.translate(waves, src_lang="de") == batched
+    assert fp32.transcribe(waves, src_lang="de") == a.transcribe(waves, src_lang="de")
 
 
 def test_only_encoder_and_lora_are_trainable(trained):

@@ -193,8 +193,10 @@ class SpeechLLMBundle:
     ctc_tokenizer: CTCTokenizer | LLMTokenCTCTokenizer | None = None  # its compressor's labels
 
 
-def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundle:
-    """Load a stage-2 checkpoint (or run folder, or exported model folder) on its base LLM."""
+def load_speech_llm(path: str | Path, check_hash: bool = True,
+                    frozen_dtype: torch.dtype = torch.float32) -> SpeechLLMBundle:
+    """Load a stage-2 checkpoint (or run folder, or exported model folder) on its base LLM
+    (its frozen weights in ``frozen_dtype``)."""
     from .llm import weights_hash
 
     folder = resolve_checkpoint(path)
@@ -221,7 +223,7 @@ def load_speech_llm(path: str | Path, check_hash: bool = True) -> SpeechLLMBundl
             if cfg.speech_llm.piece_prior:
                 raise CheckpointError(str(e)) from None
     model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder, ctc_tokenizer,
-                                        vocab_ids=tensors.get("output_vocab"))
+                                        frozen_dtype, vocab_ids=tensors.get("output_vocab"))
     try:
         load_speech_llm_weights(model, tensors)
     except (RuntimeError, ValueError) as e:

@@ -98,3 +98,10 @@ def head_logits(lm, hidden: torch.Tensor, vocab: torch.Tensor | None = None) -> 
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def llm_inputs(lm, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``embeds`` and the additive ``mask`` in the dtype of the LLM's weights (bf16 weights decode
+    without autocast); the mask's "masked" value becomes that dtype's own minimum."""
+    dtype = lm.get_input_embeddings().weight.dtype
+    return embeds.to(dtype), mask.clamp(min=torch.finfo(dtype).min).to(dtype)

@@ -21,7 +21,7 @@ from ..decode import DecodingOptions, generate
 from .audio_encoder import AudioEncoder
 from .ctc_compressor import CTCCompressor, ctc_compress
 from .llm import audio_text_mask
-from .llm_family import head_logits, llm_attention_mask
+from .llm_family import head_logits, llm_attention_mask, llm_inputs
 
 IGNORE = -100  # label of positions that carry no loss
 
@@ -83,6 +83,7 @@ class SpeechLLM(nn.Module):
         decoding (:mod:`speechllama.ctc_prefix`)."""
         audio, n, (logits, frames) = self.encode_audio(feats, lengths, return_ctc=True)
         embeds, mask, valid, _ = self.assemble(audio, n, before, after)
+        embeds, mask = llm_inputs(self.llm, embeds, mask)
         scorer = None
         if ctc_map is not None and options.ctc_weight:
             scorer = CTCPrefixScorer(logits.float().log_softmax(-1), frames, ctc_map,
