@@ -243,7 +243,8 @@ def llm_lengths(model, rows, waves) -> dict:
 
 
 def whisper_bench(rows, waves, threads: int) -> dict | None:
-    """Whisper-base (speechllama.whisper_peer: faster-whisper, int8, temperature 0) at beam 1 and 5."""
+    """Whisper-base (speechllama.whisper_peer: faster-whisper, int8, temperature 0) at beam 1 and 5,
+    one file at a time, and greedy in batches of 16 files (CTranslate2's batched generate)."""
     try:
         from speechllama.whisper_peer import WhisperPeer
     except ImportError:
@@ -259,6 +260,10 @@ def whisper_bench(rows, waves, threads: int) -> dict | None:
             start = time.perf_counter()
             hyps = [model.run(w, u.src_lang, "translate", beam) for u, w in zip(rows, waves)]
             out[beam] = {"seconds": time.perf_counter() - start, "hyps": hyps}
+        start, hyps = time.perf_counter(), []
+        for lo in range(0, len(rows), 16):
+            hyps += model.run_batch(waves[lo:lo + 16], [u.src_lang for u in rows[lo:lo + 16]])
+        out["batch16"] = {"seconds": time.perf_counter() - start, "hyps": hyps}
     out["mem"] = mem
     return out
 
@@ -287,15 +292,22 @@ def print_decoding(rows, dec: dict, wh: dict | None) -> None:
     from speechllama.evaluate import translation_scores
 
     audio_s = sum(u.duration for u in rows)
-    lines = [("speechllama, greedy, batch 1", dec[1]), ("speechllama, greedy, batch 16", dec[16])]
+    lines = [("speechllama, bf16 weights, greedy, batch 1", dec[1]),
+             ("speechllama, bf16 weights, greedy, batch 16", dec[16])]
+    if "fp32" in dec:
+        lines += [("speechllama, float32 weights, greedy, batch 1", dec["fp32"][1]),
+                  ("speechllama, float32 weights, greedy, batch 16", dec["fp32"][16])]
     if wh:
-        lines += [("Whisper-base int8, beam 1", wh[1]), ("Whisper-base int8, beam 5", wh[5])]
+        lines += [("Whisper-base int8, beam 1", wh[1]), ("Whisper-base int8, beam 5", wh[5]),
+                  ("Whisper-base int8, greedy, batch 16", wh["batch16"])]
     rtfx = {name: audio_s / r["seconds"] for name, r in lines}
     print(f"\n### Decoding {len(rows)} test files ({audio_s:.1f} s of audio, ST rows -> en), "
           "from in-memory waves (feature extraction included)\n")
-    head = "| system | wall s | RTFx |" + (" RTFx / Whisper beam 1 | RTFx / Whisper beam 5 |" if wh else "")
-    print(head + " BLEU (side number) |\n|---|---:|---:|" + ("---:|---:|" if wh else "") + "---:|")
-    base = [rtfx[n] for n, _ in lines[2:]]
+    peers = [n for n, _ in lines if n.startswith("Whisper")]
+    head = "| system | wall s | RTFx |" + "".join(f" RTFx / {n.removeprefix('Whisper-base int8, ')} |"
+                                                for n in peers)
+    print(head + " BLEU (side number) |\n|---|---:|---:|" + "---:|" * len(peers) + "---:|")
+    base = [rtfx[n] for n in peers]
     for name, r in lines:
         ratios = "".join(f" {rtfx[name] / b:.2f} |" for b in base)
         bleu = translation_scores([u.tgt_text for u in rows], r["hyps"])["bleu"]
@@ -341,9 +353,10 @@ def main(argv=None) -> int:
     waves = [load_audio(u.audio) for u in rows]
     peak = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     print(f"[bench] matmul peak {peak}; decoding {len(rows)} files", file=sys.stderr)
-    model = load(args.model)
+    model = load(args.model)  # the frozen LLM's weights in bf16, the default
     dec, lengths = decode_bench(model, rows, waves), llm_lengths(model, rows, waves)
     del model
+    dec["fp32"] = decode_bench(load(args.model, dtype=torch.float32), rows, waves)
     print("[bench] training steps, then Whisper", file=sys.stderr)
     train, wh = train_bench(args), whisper_bench(rows, waves, args.threads)
     peak_end = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}

@@ -239,3 +239,18 @@ def test_joint_ctc_decoding_needs_llm_token_labels(trained, capsys):
     wave = str(corpus / "audio" / f"{TWO_UTTERANCES[0][0]}.wav")
     assert main(["transcribe", wave, "--model", str(run), "--ctc-weight", "0.5"]) != 0
     assert "joint CTC/LLM decoding" in capsys.readouterr().err
+
+
+def test_output_vocab_is_saved_and_used(trained):
+    """Trained over the restricted output vocabulary (the default): its tokens are the targets'
+    and EOS (the tiny tokenizer has no byte tokens); decoding over the full vocabulary agrees on
+    the overfit rows."""
+    corpus, run, _ = trained
+    model = load(run)
+    vocab = model.bundle.model.vocab
+    words = model.bundle.tokenizer.convert_ids_to_tokens(vocab.ids.tolist())
+    assert set(words) == {"eins", "zwei", "drei", "vier", "fünf", "EINS", "ZWEI", "DREI", "VIER",
+                          "FÜNF", "</s>"}
+    waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
+    full = DecodingOptions(full_vocab=True)
+    assert model.translate(waves, src_lang="de", options=full) == ["EINS ZWEI DREI", "VIER FÜNF"]

