@@ -45,6 +45,10 @@ class CompressorConfig:
     # CTC labels: llm_tokens (the LLM's own tokens seen in the transcripts; its tokenizer comes
     # from llm.path) | sentencepiece (a unigram model of vocab_size pieces); docs/design.md
     labels: str = "llm_tokens"
+    # the LLM whose tokens are the llm_tokens labels: a shipped name or a folder; "" = llm.path.
+    # Another LLM than stage 2's is mapped into its embedding space by each label's text (the
+    # piece prior; joint CTC/LLM decoding needs the same LLM). Resolved to a folder in training.
+    label_llm: str = ""
     vocab_size: int = 1000  # labels incl. <blank>=0 and <unk>; resolved from the data for llm_tokens
     char_layer: int = 2  # auxiliary character CTC on this layer's output; 0 = none
     char_weight: float = 0.5  # its share of the stage-1 loss

@@ -120,8 +120,10 @@ def joint_ctc_map(bundle: SpeechLLMBundle) -> tuple[torch.Tensor | None, str]:
         return None, "only a decoder-only Speech-LLaMA model has a CTC compressor in front of its LLM"
     if model.zero_audio:
         return None, "a zero-audio control must not hear the audio through its compressor"
-    if not isinstance(bundle.ctc_tokenizer, LLMTokenCTCTokenizer):
-        return None, "its compressor's CTC labels are not the LLM's tokens (compressor.labels=llm_tokens)"
+    if not isinstance(bundle.ctc_tokenizer, LLMTokenCTCTokenizer) \
+            or not bundle.ctc_tokenizer.same_llm(bundle.tokenizer):
+        return None, ("its compressor's CTC labels are not the LLM's tokens (compressor.labels="
+                      "llm_tokens with compressor.label_llm the stage-2 LLM)")
     if cfg.speech_llm.asr_target != "normalized":
         return None, "it was trained on verbatim transcripts (speech_llm.asr_target=normalized is needed)"
     size = model.llm.get_output_embeddings().weight.shape[0]

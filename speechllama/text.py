@@ -135,6 +135,13 @@ class LLMTokenCTCTokenizer:
     def vocab_size(self) -> int:
         return len(self.llm_ids) + 2
 
+    def same_llm(self, llm_tokenizer) -> bool:
+        """Whether ``llm_tokenizer`` spells the labels' ids as the labels' own LLM does."""
+        if any(i >= len(llm_tokenizer) for i in self.llm_ids):
+            return False
+        return llm_tokenizer.convert_ids_to_tokens(self.llm_ids) == \
+            self.llm_tokenizer.convert_ids_to_tokens(self.llm_ids)
+
     def encode(self, text: str) -> list[int]:
         return [self._ctc_id.get(i, UNK) for i in self._llm_encode(text)]
 

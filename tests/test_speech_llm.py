@@ -254,3 +254,31 @@ def test_output_vocab_is_saved_and_used(trained):
     waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
     full = DecodingOptions(full_vocab=True)
     assert model.translate(waves, src_lang="de", options=full) == ["EINS ZWEI DREI", "VIER FÜNF"]
+
+
+def test_labels_of_another_llm_map_into_the_stage2_llm_by_text(trained, tmp_path):
+    """compressor.label_llm: stage 1's labels are one LLM's tokens, stage 2 runs on another; the
+    piece prior maps each label's text into the stage-2 LLM's embeddings, the model reloads
+    (both LLMs found again), and joint CTC decoding is refused with the reason."""
+    from speechllama.checkpoint import latest_checkpoint
+    from speechllama.pipeline import export_model
+
+    corpus, _, label_llm = trained
+    other = tiny_llm_folder(tmp_path / "other-llm", CORPUS_WORDS[::-1])
+    common = ["--config", str(TINY), "--data", str(corpus)]
+    assert main(["train", "ctc", *common, "--out", str(tmp_path / "ctc"), "train.max_steps=20",
+                 "features.spec_augment=false", "compressor.labels=llm_tokens",
+                 f"compressor.label_llm={label_llm}"]) == 0
+    assert main(["train", "speech-llm", *common, "--llm", str(other), "--out", str(tmp_path / "s2"),
+                 "--compressor", str(tmp_path / "ctc"), "train.max_steps=2",
+                 "speech_llm.piece_prior=true"]) == 0
+    bundle = load_speech_llm(latest_checkpoint(tmp_path / "s2"))
+    labels = bundle.ctc_tokenizer
+    words = labels.llm_tokenizer.convert_ids_to_tokens(labels.llm_ids)
+    ids = bundle.tokenizer.convert_tokens_to_ids(words)  # the same words in the other vocabulary
+    embed = bundle.model.llm.get_input_embeddings().weight
+    assert torch.equal(bundle.model.encoder.piece_embeds[2:], embed[torch.tensor(ids)].float())
+    model = load(export_model(latest_checkpoint(tmp_path / "s2"), tmp_path / "model"))
+    assert model.options.ctc_weight == 0.0
+    with pytest.raises(ValueError, match="not the LLM's tokens"):
+        load(tmp_path / "model", DecodingOptions(ctc_weight=0.5))

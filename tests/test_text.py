@@ -65,8 +65,12 @@ def test_piece_embeddings_of_llm_tokens_are_the_llm_embeddings():
     assert table.shape == (tok.vocab_size, 8)
     assert torch.equal(table[BLANK], torch.zeros(8)) and torch.equal(table[UNK], torch.zeros(8))
     assert torch.equal(table[2:], embed.weight[torch.tensor(tok.llm_ids)])
-    with pytest.raises(ValueError, match="tokens of another LLM"):
-        piece_embeddings(tok, tiny_tokenizer(CORPUS_WORDS[::-1]), embed)
+    other = tiny_tokenizer(CORPUS_WORDS[::-1])  # another LLM: the labels map by their text
+    assert not tok.same_llm(other)
+    mapped = piece_embeddings(tok, other, embed, scale=2.0)
+    words = llm_tok.convert_ids_to_tokens(tok.llm_ids)
+    assert torch.equal(mapped[2:], 2.0 * embed.weight[torch.tensor(other.convert_tokens_to_ids(words))])
+    assert torch.equal(mapped[BLANK], torch.zeros(8))
 
 
 @pytest.mark.slow

@@ -57,18 +57,23 @@ def piece_embeddings(ctc_tokenizer, llm_tokenizer, llm_embed: nn.Embedding,
     """(V_ctc, H): the LLM input embedding of each CTC label (its table row times ``scale``, the
     family's embedding scale: what ``llm_embed(ids)`` returns); zero for blank and unk.
 
-    LLM-token labels get their token's embedding (exact); a sentencepiece piece gets the mean
-    embedding of the LLM tokens of its text (an approximation the LLM reads poorly,
-    docs/design.md)."""
+    Labels that are this LLM's tokens get their token's embedding (exact); another LLM's token
+    or a sentencepiece piece gets the mean embedding of this LLM's tokens of its text (exact too
+    where that text is one token of this LLM; a sentencepiece piece often is not, and the LLM reads
+    such means poorly, docs/design.md)."""
     table = llm_embed.weight.detach()
     weight = _Rows(table, scale)
     if isinstance(ctc_tokenizer, LLMTokenCTCTokenizer):
-        if llm_tokenizer.convert_ids_to_tokens(ctc_tokenizer.llm_ids) != \
-                ctc_tokenizer.llm_tokenizer.convert_ids_to_tokens(ctc_tokenizer.llm_ids):
-            raise ValueError("speech_llm.piece_prior: the compressor's CTC labels are tokens of "
-                             "another LLM (train stage 1 with --llm set to this LLM)")
+        if ctc_tokenizer.same_llm(llm_tokenizer):
+            out = torch.zeros(ctc_tokenizer.vocab_size, table.shape[1])
+            out[2:] = weight[torch.tensor(ctc_tokenizer.llm_ids, dtype=torch.long)]
+            return out
         out = torch.zeros(ctc_tokenizer.vocab_size, table.shape[1])
-        out[2:] = weight[torch.tensor(ctc_tokenizer.llm_ids, dtype=torch.long)]
+        for v, label in enumerate(ctc_tokenizer.llm_ids, start=2):  # the label's text, re-tokenised
+            ids = llm_tokenizer(ctc_tokenizer.llm_tokenizer.decode([label]),
+                                add_special_tokens=False)["input_ids"]
+            if ids:
+                out[v] = weight[ids].mean(0)
         return out
     sp = ctc_tokenizer.sp
     out = torch.zeros(sp.get_piece_size(), table.shape[1])

@@ -54,7 +54,8 @@ def load_compressor(path: str | Path) -> CompressorBundle:
         cfg = load_config(folder / "config.yaml")
     except ConfigError as e:
         raise CheckpointError(f"{folder}: bad config.yaml: {e}") from e
-    llm = Path(cfg.llm.path) if cfg.llm.path else None  # a relative path: inside the model folder
+    label = cfg.compressor.label_llm or cfg.llm.path
+    llm = Path(label) if label else None  # a relative path: inside the model folder
     try:
         tokenizer = load_ctc_tokenizer(folder, llm if llm is None or llm.is_absolute() else folder / llm)
     except (FileNotFoundError, ValueError) as e:
@@ -71,11 +72,22 @@ def load_compressor(path: str | Path) -> CompressorBundle:
 
 
 def resolve_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
-    """The LLM folder of ``llm.path``: a local folder (relative paths against ``base``, a model
-    folder), else a shipped LLM's short name (converted once into the cache); "" = the default."""
+    """The LLM folder of ``llm.path`` (:func:`resolve_llm`)."""
+    return resolve_llm(cfg.llm.path, base)
+
+
+def label_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
+    """The folder of the LLM whose tokens are the compressor's labels (``compressor.label_llm``,
+    "" = ``llm.path``)."""
+    return resolve_llm(cfg.compressor.label_llm or cfg.llm.path, base)
+
+
+def resolve_llm(name: str, base: Path | None = None) -> Path:
+    """An LLM folder: a local folder (relative paths against ``base``, a model folder), else a
+    shipped LLM's short name (converted once into the cache); "" = the default."""
     from .shipped import DEFAULT_LLM, is_shipped, shipped_llm_path
 
-    name = cfg.llm.path or DEFAULT_LLM
+    name = name or DEFAULT_LLM
     path = Path(name)
     path = base / path if base is not None and not path.is_absolute() else path
     if is_shipped(name) and not (path / "config.json").is_file():
@@ -220,7 +232,8 @@ def load_speech_llm(path: str | Path, check_hash: bool = True,
         # LLM-token labels are read with the stage-2 LLM's tokenizer; the piece prior needs them,
         # the compressor's own transcript and joint CTC/LLM decoding use them when they are there
         try:
-            ctc_tokenizer = load_ctc_tokenizer(folder, llm_path)
+            labels = label_llm_path(cfg, folder) if cfg.compressor.label_llm else llm_path
+            ctc_tokenizer = load_ctc_tokenizer(folder, labels)
         except (FileNotFoundError, ValueError) as e:
             if cfg.speech_llm.piece_prior:
                 raise CheckpointError(str(e)) from None

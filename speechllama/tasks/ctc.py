@@ -14,7 +14,7 @@ from ..config import ExperimentConfig
 from ..data import read_manifest
 from ..data.batching import LengthBucketSampler, pad_feats, pad_tokens
 from ..data.features import FeatureStore, load_features
-from ..models.build import build_compressor, compressor_state, resolve_llm_path, split_state
+from ..models.build import build_compressor, compressor_state, label_llm_path, split_state
 from ..models.ctc_compressor import ctc_loss, subsampled_lengths
 from ..text import CTCTokenizer, LLMTokenCTCTokenizer, load_ctc_tokenizer
 from ..train import rank0_first
@@ -49,14 +49,14 @@ class CTCTask:
         self.cfg = cfg
         recs, self.store = recordings(cfg.data.train, progress=progress and rank == 0)
         c = cfg.compressor
-        if c.labels == "llm_tokens":  # the LLM's path is kept in the config, for its tokenizer
-            cfg.llm.path = str(rank0_first(resolve_llm_path, cfg))
+        if c.labels == "llm_tokens":  # the labels' LLM is kept in the config, for its tokenizer
+            c.label_llm = str(rank0_first(label_llm_path, cfg))
         if resume_from is not None:
-            self.tokenizer = load_ctc_tokenizer(resume_from, cfg.llm.path)
+            self.tokenizer = load_ctc_tokenizer(resume_from, c.label_llm or None)
         elif c.labels == "llm_tokens":
             from transformers import AutoTokenizer
 
-            llm_tokenizer = AutoTokenizer.from_pretrained(cfg.llm.path, local_files_only=True)
+            llm_tokenizer = AutoTokenizer.from_pretrained(c.label_llm, local_files_only=True)
             self.tokenizer = LLMTokenCTCTokenizer.train([r[1] for r in recs], llm_tokenizer)
         else:
             self.tokenizer = CTCTokenizer.train([r[1] for r in recs], c.vocab_size)
