@@ -158,11 +158,12 @@ def first_per_group(utts: list, per_group: int | None) -> list:
 
 def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
                    out: str | Path | None = None, per_group: int | None = None,
-                   ceiling: bool = True) -> dict:
+                   ceiling: bool = True, llm_alone: bool = True) -> dict:
     """Decode the rows of ``manifest`` (all, or the first ``per_group`` of each task, language
     pair and subset) with a Speech-LLaMA model and score them; with ``ceiling``, also the frozen
     LLM's own translation of the same ST rows from their reference transcripts
-    (:func:`text_mt_ceiling`).
+    (:func:`text_mt_ceiling`); with ``llm_alone``, the model's ASR rows once more without joint
+    CTC decoding (when it decodes jointly).
 
     Writes ``OUT.hyp.jsonl``, ``OUT.json`` and ``OUT.md`` when ``out`` is given.
     """
@@ -190,7 +191,7 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     if ctc_rows:  # the bar stage 2 must clear: its own compressor's transcript of the same rows
         report["compressor_asr"] = score_rows(ctc_rows)["macro"]
     asr = [i for i, r in enumerate(requests) if r.task == "asr"]
-    if model.options.ctc_weight and asr:  # what the LLM alone makes of the same rows
+    if llm_alone and model.options.ctc_weight and asr:  # what the LLM alone makes of the same rows
         alone = model.decode([requests[i] for i in asr], dataclasses.replace(model.options, ctc_weight=0.0))
         report["llm_alone_asr"] = score_rows([{**rows[i], "hyp": h} for i, h in zip(asr, alone)])["macro"]
     if ceiling:

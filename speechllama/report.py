@@ -70,12 +70,14 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
     if "text_mt_ceiling" in main:
         lines.append("| st_bleu_all text-MT ceiling (frozen LLM, reference transcripts) | "
                      f"{main['text_mt_ceiling']['macro']['st_bleu_all']:.1f} |"
-                     + " |" * (len(reports) - 1))
+                     + " – |" * (len(reports) - 1))
     for part, label in (("llm_alone_asr", "of the LLM alone (ctc_weight 0, same rows)"),
                         ("compressor_asr", "of its CTC compressor alone (greedy, same rows)")):
+        if not any(part in r for r in reports.values()):
+            continue
         for key in ("asr_wer_all", "asr_cer_all"):  # the bar for ASR: the compressor alone
             lines.append(f"| {key} {label} | " + " | ".join(
-                f"{r.get(part, {}).get(key, float('nan')):.1f}" for r in reports.values()) + " |")
+                f"{r[part][key]:.1f}" if part in r else "–" for r in reports.values()) + " |")
     control = [n.replace(" ", "-") for n in reports if n != "speech-llm"]
     if control:  # is the difference in BLEU more than chance?
         from .experiment import paired_p

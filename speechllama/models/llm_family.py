@@ -87,11 +87,13 @@ def llm_attention_mask(config, mask: torch.Tensor):
             "sliding_attention": mask.masked_fill(far, torch.finfo(mask.dtype).min)}
 
 
-def head_logits(lm, hidden: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+def head_logits(lm, hidden: torch.Tensor, vocab: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of the LLM's output head for ``hidden`` (..., H): over the whole vocabulary (..., V),
-    or only over the token ids ``vocab`` (V',) in that order (..., V'), at V'/V of the cost."""
-    weight = lm.get_output_embeddings().weight  # (V, H)
-    if vocab is not None:
+    or only over the token ids ``vocab`` (V',) in that order (..., V'), at V'/V of the cost.
+    ``rows``: the head's rows of ``vocab`` already gathered (decoding gathers them once)."""
+    weight = lm.get_output_embeddings().weight if rows is None else rows  # (V, H)
+    if vocab is not None and rows is None:
         weight = weight[vocab]  # (V', H)
     logits = F.linear(hidden, weight.to(hidden.dtype))
     cap = getattr(lm.config, "final_logit_softcapping", None)
