@@ -49,8 +49,9 @@ def cmd_train(args) -> int:
 
     if getattr(args, "compressor", None):
         args.overrides.append(f"speech_llm.compressor={args.compressor}")
-    if getattr(args, "llm", None):
-        args.overrides.append(f"llm.path={args.llm}")
+    if getattr(args, "llm", None):  # stage 1: the labels' LLM; stage 2: the LLM
+        key = "compressor.label_llm" if args.train_command == "ctc" else "llm.path"
+        args.overrides.append(f"{key}={args.llm}")
     cfg, last = _resolve_config(args)
     from_scratch = cfg.llm.init == "scratch" or cfg.speech_llm.system == "encoder_decoder"
     if args.train_command != "ctc" and from_scratch and (not cfg.llm.path or is_shipped(cfg.llm.path)):
@@ -292,12 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("ctc", help="stage 1: the CTC compressor")
     _add_config_args(p)
     p.add_argument("--llm", help="with compressor.labels=llm_tokens: the LLM whose tokens are the "
-                                 "CTC labels (default: SmolLM2-135M)")
+                                 "CTC labels (compressor.label_llm; a shipped name or a folder; "
+                                 "default: smollm2)")
     p.set_defaults(func=cmd_train)
     p = train.add_parser("speech-llm", help="stage 2: audio encoder + LoRA on a frozen LLM")
     _add_config_args(p)
     p.add_argument("--compressor", help="stage-1 checkpoint or run folder")
-    p.add_argument("--llm", help="local Hugging Face LLaMA-family folder (default: SmolLM2-135M)")
+    p.add_argument("--llm", help="the frozen LLM (llm.path): a shipped name (gemma3-270m, smollm2) "
+                                 "or a local Hugging Face folder of a supported family "
+                                 "(default: gemma3-270m)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a model on a manifest (BLEU/chrF, WER/CER)")

@@ -46,9 +46,11 @@ class CompressorConfig:
     # from llm.path) | sentencepiece (a unigram model of vocab_size pieces); docs/design.md
     labels: str = "llm_tokens"
     # the LLM whose tokens are the llm_tokens labels: a shipped name or a folder; "" = llm.path.
-    # Another LLM than stage 2's is mapped into its embedding space by each label's text (the
-    # piece prior; joint CTC/LLM decoding needs the same LLM). Resolved to a folder in training.
-    label_llm: str = ""
+    # Default SmolLM2's: its 49k byte-level pieces are short enough for CTC to learn in the demo
+    # budget, Gemma's 262k (whole words) are not (docs/design.md). Another LLM than stage 2's is
+    # mapped into its embedding space by each label's text (the piece prior; joint CTC/LLM
+    # decoding needs the same LLM). Resolved to a folder in training.
+    label_llm: str = "smollm2"
     vocab_size: int = 1000  # labels incl. <blank>=0 and <unk>; resolved from the data for llm_tokens
     char_layer: int = 2  # auxiliary character CTC on this layer's output; 0 = none
     char_weight: float = 0.5  # its share of the stage-1 loss

@@ -54,10 +54,9 @@ def load_compressor(path: str | Path) -> CompressorBundle:
         cfg = load_config(folder / "config.yaml")
     except ConfigError as e:
         raise CheckpointError(f"{folder}: bad config.yaml: {e}") from e
-    label = cfg.compressor.label_llm or cfg.llm.path
-    llm = Path(label) if label else None  # a relative path: inside the model folder
-    try:
-        tokenizer = load_ctc_tokenizer(folder, llm if llm is None or llm.is_absolute() else folder / llm)
+    try:  # the labels' LLM (a relative path: inside the model folder), for LLM-token labels
+        labels = label_llm_path(cfg, folder) if cfg.compressor.labels == "llm_tokens" else None
+        tokenizer = load_ctc_tokenizer(folder, labels)
     except (FileNotFoundError, ValueError) as e:
         raise CheckpointError(str(e)) from None
     tensors = load_tensors(folder / "model.safetensors")
