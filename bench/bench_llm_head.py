@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from speechllama.config import ExperimentConfig, from_dict
+from speechllama.config import ExperimentConfig
 from speechllama.data import read_manifest
 from speechllama.decode import DecodingOptions, generate
-from speechllama.models.build import output_vocab_ids, resolve_llm_path
+from speechllama.models.build import output_vocab_ids
 from speechllama.models.llm import audio_text_mask, load_llm
 from speechllama.models.speech_llm import IGNORE, OutputVocab, next_token_loss
 from speechllama.tasks.speech_llm import target_ids, target_text
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def vocabulary(path, tokenizer, rows) -> torch.Tensor:
+def vocabulary(tokenizer, rows) -> torch.Tensor:
     asr_target = ExperimentConfig().speech_llm.asr_target
     return output_vocab_ids(tokenizer, [target_ids(tokenizer, target_text(u, asr_target, tokenizer))
                                         for u in rows])
@@ -113,10 +113,9 @@ def main(argv=None) -> int:
     print("| LLM | vocabulary V' / V | what | full head s | restricted s | speed-up |\n"
           "|---|---:|---|---:|---:|---:|")
     for name in LLMS:
-        path = resolve_llm_path(from_dict({"llm": {"path": name}}))
-        llm, tok = load_llm(path, lora_rank=2, dtype=torch.bfloat16)
+        llm, tok = load_llm(name, lora_rank=2, dtype=torch.bfloat16)
         size = llm.get_output_embeddings().weight.shape[0]
-        vocab = OutputVocab(vocabulary(path, tok, rows), size)
+        vocab = OutputVocab(vocabulary(tok, rows), size)
         share = f"{len(vocab.ids):,} / {size:,}"
         results = {"training step (bf16 autocast)": train_times(llm, vocab, args)}
         llm.eval()

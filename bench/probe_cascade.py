@@ -9,11 +9,11 @@ with the transcript in place of the reference). Next to it, the ceiling from the
 import argparse
 import dataclasses
 
-from speechllama.config import LLMConfig, from_dict
+from speechllama.config import LLMConfig
 from speechllama.data import read_manifest
 from speechllama.data.features import load_features
 from speechllama.evaluate import ctc_outputs, first_per_group, text_mt_ceiling
-from speechllama.models.build import load_compressor, resolve_llm_path
+from speechllama.models.build import load_compressor
 from speechllama.models.llm import load_llm
 from speechllama.tasks.ctc import feature_cache_path
 
@@ -30,12 +30,11 @@ def main() -> None:
     bundle = load_compressor(args.compressor)
     store = load_features([u.audio for u in rows], feature_cache_path(args.data))
     texts, _ = ctc_outputs(bundle, [store.get(u.audio) for u in rows])
-    cfg = from_dict({"llm": {"path": args.llm or LLMConfig().path}})
-    llm, tok = load_llm(resolve_llm_path(cfg), lora_rank=0)
+    llm, tok = load_llm(args.llm or LLMConfig().path, lora_rank=0)
     llm.eval()
     heard = [dataclasses.replace(u, src_text=t or ".") for u, t in zip(rows, texts)]
     for name, rs in (("reference transcript (the ceiling)", rows), ("compressor's transcript", heard)):
-        m = text_mt_ceiling(llm, tok, cfg.llm.system_prompt, rs)["macro"]
+        m = text_mt_ceiling(llm, tok, LLMConfig().system_prompt, rs)["macro"]
         print(f"{name}: BLEU {m['st_bleu_all']:.1f} (numbers {m['st_bleu_numbers']:.1f}, "
               f"sentences {m['st_bleu_sentences']:.1f})", flush=True)
 

@@ -10,11 +10,10 @@ the same rows. The chosen layout is the current plain_layout ("German:<audio>\\n
 
 import argparse
 
-from speechllama.config import LLMConfig, from_dict
+from speechllama.config import LLMConfig
 from speechllama.data import read_manifest
 from speechllama.evaluate import first_per_group, text_mt_ceiling
 from speechllama.models import prompt
-from speechllama.models.build import resolve_llm_path
 from speechllama.models.llm import load_llm
 
 A = prompt.AUDIO_PLACEHOLDER
@@ -35,16 +34,15 @@ def main() -> None:
     ap.add_argument("--llm", default="", help="shipped name or folder (default: the default LLM)")
     args = ap.parse_args()
 
-    cfg = from_dict({"llm": {"path": args.llm or LLMConfig().path}})
-    llm, tok = load_llm(resolve_llm_path(cfg), lora_rank=0)
+    llm, tok = load_llm(args.llm or LLMConfig().path, lora_rank=0)
     llm.eval()
     if getattr(tok, "chat_template", None):
-        raise SystemExit(f"{cfg.llm.path} has a chat template: build_prompt uses it, not a plain layout")
+        raise SystemExit(f"{args.llm} has a chat template: build_prompt uses it, not a plain layout")
     rows = first_per_group([u for u in read_manifest(args.data) if u.task == "st"], args.rows)
     print(f"| layout | BLEU all | numbers | sentences |  ({len(rows)} ST rows)\n|---|---:|---:|---:|")
     for name, layout in LAYOUTS.items():
         prompt.plain_layout = layout  # build_prompt looks it up at call time
-        m = text_mt_ceiling(llm, tok, cfg.llm.system_prompt, rows)["macro"]
+        m = text_mt_ceiling(llm, tok, LLMConfig().system_prompt, rows)["macro"]
         print(f"| {name} | {m['st_bleu_all']:.1f} | {m['st_bleu_numbers']:.1f} | "
               f"{m['st_bleu_sentences']:.1f} |", flush=True)
 

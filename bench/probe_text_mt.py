@@ -15,10 +15,9 @@ learned in stage 2.
 import argparse
 import time
 
-from speechllama.config import LLMConfig, from_dict
+from speechllama.config import LLMConfig
 from speechllama.data import read_manifest
 from speechllama.evaluate import first_per_group, text_mt_ceiling
-from speechllama.models.build import resolve_llm_path
 from speechllama.models.llm import load_llm
 
 
@@ -29,12 +28,11 @@ def main() -> None:
     ap.add_argument("--llm", default="", help="shipped name or folder (default: the default LLM)")
     args = ap.parse_args()
 
-    cfg = from_dict({"llm": {"path": args.llm or LLMConfig().path}})
-    llm, tok = load_llm(resolve_llm_path(cfg), lora_rank=0)
+    llm, tok = load_llm(args.llm or LLMConfig().path, lora_rank=0)
     llm.eval()
     rows = first_per_group([u for u in read_manifest(args.data) if u.task == "st"], args.rows)
     start = time.time()
-    result = text_mt_ceiling(llm, tok, cfg.llm.system_prompt, rows)
+    result = text_mt_ceiling(llm, tok, LLMConfig().system_prompt, rows)
     print(f"{'pair':8} {'subset':10} {'rows':>4} {'BLEU':>6} {'chrF':>6}")
     for t in result["table"]:
         print(f"{t['pair']:8} {t['subset']:10} {t['n']:4d} {t['bleu']:6.1f} {t['chrf']:6.1f}")

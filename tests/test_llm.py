@@ -83,41 +83,6 @@ def test_load_errors_name_the_path(tmp_path):
         load_llm(tmp_path / "vit")
 
 
-def run_with_audio(model, before, audio, after, causal_audio):
-    """Hidden states of every layer for [before tokens][audio vectors][after tokens], one row."""
-    embed = model.get_input_embeddings()
-    x = torch.cat([embed(before), audio, embed(after)], dim=0)[None]  # (1, T, C)
-    T = x.shape[1]
-    mask = audio_text_mask(torch.tensor([len(before)]), torch.tensor([len(audio)]),
-                           torch.ones(1, T, dtype=torch.bool), causal_audio)
-    with torch.no_grad():
-        out = model(inputs_embeds=x, attention_mask=mask, output_hidden_states=True)
-    return torch.stack(out.hidden_states)[:, 0]  # (layers + 1, T, C)
-
-
-@pytest.mark.parametrize("causal_audio", [False, True])
-def test_audio_block_mask(llm_dir, causal_audio):
-    model, _ = load_llm(llm_dir, lora_rank=0)
-    torch.manual_seed(1)
-    before, after = torch.tensor([1, 5, 6]), torch.tensor([7, 8, 9, 10])
-    audio = torch.randn(4, HIDDEN)
-    a = len(before)
-    h = run_with_audio(model, before, audio, after, causal_audio)
-    changed_audio = audio.clone()
-    changed_audio[-1] += 1.0
-    h2 = run_with_audio(model, before, changed_audio, after, causal_audio)
-    first_audio_moved = not torch.allclose(h[-1, a], h2[-1, a], atol=1e-6)
-    assert first_audio_moved == (not causal_audio)
-    assert torch.equal(h[:, :a], h2[:, :a])  # text before the audio never sees it
-
-    changed_text = after.clone()
-    changed_text[2] = 20
-    h3 = run_with_audio(model, before, audio, changed_text, causal_audio)
-    t = a + len(audio) + 2
-    assert torch.equal(h[:, :t], h3[:, :t])  # text stays causal
-    assert not torch.allclose(h[-1, t], h3[-1, t])
-
-
 def test_mask_values_and_padding(llm_dir):
     valid = torch.tensor([[True] * 6, [False, False, True, True, True, True]])
     mask = audio_text_mask(torch.tensor([1, 3]), torch.tensor([3, 2]), valid, causal_audio=False)

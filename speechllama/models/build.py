@@ -72,26 +72,17 @@ def load_compressor(path: str | Path) -> CompressorBundle:
 
 def resolve_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
     """The LLM folder of ``llm.path`` (:func:`resolve_llm`)."""
+    from .shipped import resolve_llm
+
     return resolve_llm(cfg.llm.path, base)
 
 
 def label_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
     """The folder of the LLM whose tokens are the compressor's labels (``compressor.label_llm``,
     "" = ``llm.path``)."""
+    from .shipped import resolve_llm
+
     return resolve_llm(cfg.compressor.label_llm or cfg.llm.path, base)
-
-
-def resolve_llm(name: str, base: Path | None = None) -> Path:
-    """An LLM folder: a local folder (relative paths against ``base``, a model folder), else a
-    shipped LLM's short name (converted once into the cache); "" = the default."""
-    from .shipped import DEFAULT_LLM, is_shipped, shipped_llm_path
-
-    name = name or DEFAULT_LLM
-    path = Path(name)
-    path = base / path if base is not None and not path.is_absolute() else path
-    if is_shipped(name) and not (path / "config.json").is_file():
-        return shipped_llm_path(name)
-    return path
 
 
 def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None,

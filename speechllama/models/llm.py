@@ -104,7 +104,9 @@ def load_llm(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
+    from .shipped import resolve_llm
+
+    path = resolve_llm(str(path))  # a shipped LLM's short name works too
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
     if lora_rank < 0:

@@ -92,6 +92,17 @@ def shipped_llm_path(name: str = DEFAULT_LLM, cache_dir: str | os.PathLike | Non
     return final
 
 
+def resolve_llm(name: str, base: Path | None = None) -> Path:
+    """An LLM folder: a local folder (relative paths against ``base``, a model folder), else a
+    shipped LLM's short name (converted once into the cache); "" = the default."""
+    name = name or DEFAULT_LLM
+    path = Path(name)
+    path = base / path if base is not None and not path.is_absolute() else path
+    if is_shipped(name) and not (path / "config.json").is_file():
+        return shipped_llm_path(name)
+    return path
+
+
 def _part_files(llm: ShippedLLM) -> list[Path]:
     files = []
     for package, rel in llm.parts:
