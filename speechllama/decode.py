@@ -145,14 +145,17 @@ class _Scorer:
 
     def __init__(self, model, vocab: torch.Tensor | None):
         self.model, self.vocab, self.config = model, vocab, getattr(model, "config", None)
+        self.hf = hasattr(model, "get_decoder")  # a transformers LM (the seq2seq decoder is not)
         if vocab is not None:  # the head's rows of the vocabulary, gathered once
             head = model.get_output_embeddings().weight  # (V, H)
             self.rows, self.size = head[vocab], head.shape[0]  # (V', H)
 
     def __call__(self, **kwargs) -> torch.Tensor:
-        if self.vocab is None:
+        if not self.hf:
             return self.model(**kwargs, logits_to_keep=1).logits[:, -1].float()  # (N, V)
         hidden = self.model.get_decoder()(**kwargs).last_hidden_state[:, -1]  # (N, H)
+        if self.vocab is None:  # the whole head, on a 2-D input (head_logits says why)
+            return head_logits(self.model, hidden).float()  # (N, V)
         part = head_logits(self.model, hidden, self.vocab, self.rows).float()  # (N, V')
         size = self.size
         full = part.new_full((len(part), size), -math.inf)  # (N, V)

@@ -95,7 +95,10 @@ def head_logits(lm, hidden: torch.Tensor, vocab: torch.Tensor | None = None,
     weight = lm.get_output_embeddings().weight if rows is None else rows  # (V, H)
     if vocab is not None and rows is None:
         weight = weight[vocab]  # (V', H)
-    logits = F.linear(hidden, weight.to(hidden.dtype))
+    # a 2-D contiguous input: bf16 F.linear on a 3-D slice goes through bmm with the weight
+    # expanded per row (a (B, H, V) copy: 14 s for Gemma's head at B=16; docs/bench.md)
+    flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()  # (N, H)
+    logits = F.linear(flat, weight.to(hidden.dtype)).view(*hidden.shape[:-1], weight.shape[0])
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
