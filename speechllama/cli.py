@@ -94,7 +94,7 @@ def cmd_evaluate(args) -> int:
             write_report(report, args.out, md)
     else:
         report = evaluate_model(args.model, args.data, _decoding_options(args), out=args.out,
-                                per_group=args.per_group)
+                                per_group=args.per_group, ceiling=args.ceiling)
         md = model_report_markdown(report)
     print(md)
     return 0
@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write OUT.md, OUT.json (and OUT.hyp.jsonl)")
     p.add_argument("--per-group", type=int, help="score only the first N rows of each task, "
                    "language pair and subset (numbers/sentences)")
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                   help="skip the text-MT ceiling (the frozen LLM translating the reference "
+                        "transcripts of the same ST rows)")
     _add_decoding_args(p)
     p.set_defaults(func=cmd_evaluate)
 

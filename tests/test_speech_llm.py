@@ -282,3 +282,27 @@ def test_labels_of_another_llm_map_into_the_stage2_llm_by_text(trained, tmp_path
     assert model.options.ctc_weight == 0.0
     with pytest.raises(ValueError, match="not the LLM's tokens"):
         load(tmp_path / "model", DecodingOptions(ctc_weight=0.5))
+
+
+def test_text_mt_ceiling_is_the_frozen_llm_on_reference_transcripts(trained, capsys):
+    """evaluate reports the text-MT ceiling of the ST rows: the model's own LLM with its LoRA off
+    gives exactly what the base LLM alone gives from the reference transcripts; --no-ceiling
+    skips it."""
+    from speechllama.data import read_manifest
+    from speechllama.evaluate import text_mt_ceiling
+    from speechllama.models.llm import load_llm
+
+    corpus, run, llm = trained
+    report = evaluate_model(run, corpus / "dev.jsonl")
+    ceiling = report["text_mt_ceiling"]
+    assert {(t["task"], t["pair"]) for t in ceiling["table"]} == {("st", "de-en")}
+    assert ceiling["table"][0]["n"] == len(TWO_UTTERANCES)
+    rows = read_manifest(corpus / "dev.jsonl")
+    base, tok = load_llm(llm, lora_rank=0)
+    base.eval()
+    assert text_mt_ceiling(base, tok, "", rows) == ceiling  # the trained LoRA played no part
+    trained_lora = load(run, dtype=torch.float32).bundle.model.llm
+    assert any(p.abs().sum() > 0 for n, p in trained_lora.named_parameters() if "lora_B" in n)
+    assert main(["evaluate", "--model", str(run), "--data", str(corpus / "dev.jsonl"),
+                 "--no-ceiling"]) == 0
+    assert "text-MT ceiling" not in capsys.readouterr().out.split("Macro averages")[1]
