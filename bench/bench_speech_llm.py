@@ -32,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     p.add_argument("--max-frames", type=int, help="training batch cap (default: the demo's STAGE2)")
+    p.add_argument("--decode-only", action="store_true",
+                   help="skip the training steps: decoding, LLM lengths and Whisper only")
     return p.parse_args(argv)
 
 
@@ -325,7 +327,8 @@ def print_memory(t: dict, dec: dict, wh: dict | None) -> None:
     print("\n### Memory (resident set, sampled every 5 ms; delta = peak - RSS when the phase began)\n")
     print("| phase | RSS at start MB | peak RSS MB | delta MB | cores used (CPU s / wall s) |\n"
           "|---|---:|---:|---:|---:|")
-    phases = [("speechllama decoding (batch 1 + 16)", dec["mem"]), ("stage-2 training steps", t["mem"])]
+    phases = [("speechllama decoding (batch 1 + 16)", dec["mem"])]
+    phases += [("stage-2 training steps", t["mem"])] if t else []
     phases += [("Whisper-base int8 (load + decoding)", wh["mem"])] if wh else []
     for name, m in phases:
         print(f"| {name} | {m.start_mb:.0f} | {m.peak_mb:.0f} | {m.delta_mb:.0f} | {m.cores:.2f} |")
@@ -358,7 +361,8 @@ def main(argv=None) -> int:
     del model
     dec["fp32"] = decode_bench(load(args.model, dtype=torch.float32), rows, waves)
     print("[bench] training steps, then Whisper", file=sys.stderr)
-    train, wh = train_bench(args), whisper_bench(rows, waves, args.threads)
+    train = None if args.decode_only else train_bench(args)
+    wh = whisper_bench(rows, waves, args.threads)
     peak_end = {"bf16": matmul_gflops(torch.bfloat16), "fp32": matmul_gflops(torch.float32)}
     print(f"# speechllama speed bench: {args.threads} threads, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load average at start / end: {load0} / {os.getloadavg()[0]:.2f}\n")
@@ -369,7 +373,8 @@ def main(argv=None) -> int:
     for k in peak:
         print(f"| {k} | {peak[k]:.0f} | {peak_end[k]:.0f} |")
     peak = {k: max(peak[k], peak_end[k]) for k in peak}
-    print_training(train, peak)
+    if train:
+        print_training(train, peak)
     print_decoding(rows, dec, wh)
     print_lengths(lengths, len(rows))
     print_memory(train, dec, wh)
