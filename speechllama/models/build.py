@@ -222,8 +222,7 @@ def load_speech_llm(path: str | Path, check_hash: bool = True,
         # LLM-token labels are read with the stage-2 LLM's tokenizer; the piece prior needs them,
         # the compressor's own transcript and joint CTC/LLM decoding use them when they are there
         try:
-            labels = label_llm_path(cfg, folder) if cfg.compressor.label_llm else llm_path
-            ctc_tokenizer = load_ctc_tokenizer(folder, labels)
+            ctc_tokenizer = load_ctc_tokenizer(folder, label_llm_path(cfg, folder))
         except (FileNotFoundError, ValueError) as e:
             if cfg.speech_llm.piece_prior:
                 raise CheckpointError(str(e)) from None
