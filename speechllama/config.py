@@ -33,6 +33,25 @@ class FeatureConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Waveform augmentation of training rows before fbank (speechllama/augment.py); evaluation
+    and inference never augment."""
+
+    prob: float = 0.0  # share of training rows augmented at all (0 = off: every row from the cache)
+    # speed factors (tempo and pitch), one drawn per augmented row; a row skips those that would
+    # make it too short for its CTC target or too long for data.max_frames
+    speeds: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+    noise_prob: float = 0.5  # share of augmented rows with additive noise
+    snr_min: float = 5.0  # dB; the noise's SNR is uniform in [snr_min, snr_max]
+    snr_max: float = 20.0  # dB
+    # one drawn per noisy row: white | pink (1/f) | babble (another training recording mixed in)
+    noise_kinds: list[str] = field(default_factory=lambda: ["white", "pink", "babble"])
+    telephone_prob: float = 0.1  # share of augmented rows sent through 8 kHz and 300-3400 Hz
+    telephone_mu_law: bool = True  # telephone rows are also 8-bit mu-law coded (G.711)
+    gain_db: float = 6.0  # gain uniform in [-gain_db, +gain_db] dB, then clipped to [-1, 1]; 0 = none
+
+
+@dataclass
 class CompressorConfig:
     """CTC compressor: 2 stride-2 Conv2D (4x subsampling, 40 ms a frame) + Transformer encoder."""
 
@@ -127,6 +146,29 @@ class Seq2SeqConfig:
 
 
 @dataclass
+class CorpusConfig:
+    """The demo corpus (``speechllama data demo``, ``speechllama demo``) and its voice sources.
+
+    Every source reads the same human-translated Fish Fillets lines and num2words numbers, split
+    by content key (``split_of``), so no test line is ever heard in training, in any voice."""
+
+    langs: list[str] = field(default_factory=lambda: ["de", "fr", "es", "it", "nl", "cs"])
+    sentences_per_lang: int = 0  # translated game lines per language (seeded sample); 0 = all
+    numbers_per_lang: int = 300  # num2words expressions per language
+    espeak: bool = True  # espeak-ng: ~70 voice variants x speeds x pitches, every line once
+    # Kokoro-82M (neural, ~1.6x real time a thread): training lines per language, spoken by its
+    # training voices; 0 keeps Kokoro an unseen source (the default: the demo's time budget)
+    kokoro_per_lang: int = 0
+    # the unseen-voice held-out set: test-split lines per language spoken by Kokoro voices that
+    # training never uses (heldout-kokoro.jsonl); 0 = none
+    kokoro_heldout_per_lang: int = 8
+    # human voice acting (Debian fillets-ng-data-cs/-nl): its train and dev splits join the
+    # corpus, its test split is the real-speech held-out set (heldout-real.jsonl)
+    real_speech: list[str] = field(default_factory=lambda: ["cs", "nl"])
+    seed: int = 0  # voices, speeds, samples
+
+
+@dataclass
 class DataConfig:
     train: str = ""  # training manifest (JSONL)
     dev: str = ""  # dev manifest; empty = no validation
@@ -152,12 +194,14 @@ class TrainConfig:
 @dataclass
 class ExperimentConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
     speech_llm: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
 
 
 CHOICES = {  # string fields with a closed set of values
@@ -168,6 +212,7 @@ CHOICES = {  # string fields with a closed set of values
     "speech_llm.output_vocab": ("targets", "full"),
     "llm.init": ("pretrained", "scratch"),
     "speech_llm.system": ("decoder_only", "encoder_decoder"),
+    "augment.noise_kinds": ("white", "pink", "babble"),  # a list: each item is checked
 }
 
 
@@ -175,8 +220,29 @@ def _check_choices(cfg: Any) -> None:
     data = to_dict(cfg)
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
-        if section in data and data[section][name] not in allowed:
-            raise ConfigError(f"config key '{key}': {data[section][name]!r} is not one of {allowed}")
+        if section not in data:
+            continue
+        value = data[section][name]
+        for item in value if isinstance(value, list) else [value]:
+            if item not in allowed:
+                raise ConfigError(f"config key '{key}': {item!r} is not one of {allowed}")
+
+
+def _check_augment(a: AugmentConfig) -> None:
+    """Ranges of the augmentation fields (types are checked on load)."""
+    for name in ("prob", "noise_prob", "telephone_prob"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise ConfigError(f"config key 'augment.{name}': {getattr(a, name)!r} is not in [0, 1]")
+    if not a.speeds or not all(0.5 <= s <= 2.0 for s in a.speeds):
+        raise ConfigError(f"config key 'augment.speeds': {a.speeds!r} must be a non-empty list of "
+                          f"factors in [0.5, 2]")
+    if a.snr_min > a.snr_max:
+        raise ConfigError(f"config key 'augment.snr_min': {a.snr_min} is above augment.snr_max "
+                          f"({a.snr_max})")
+    if a.noise_prob > 0 and not a.noise_kinds:
+        raise ConfigError("config key 'augment.noise_kinds': empty while augment.noise_prob > 0")
+    if a.gain_db < 0:
+        raise ConfigError(f"config key 'augment.gain_db': {a.gain_db} must be >= 0")
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
@@ -224,6 +290,8 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 def from_dict(data: dict, cls: type = ExperimentConfig) -> Any:
     cfg = _from_dict(cls, data or {})
     _check_choices(cfg)
+    if isinstance(cfg, ExperimentConfig):
+        _check_augment(cfg.augment)
     return cfg
 
 

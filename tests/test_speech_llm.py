@@ -114,7 +114,8 @@ def test_resume_gives_the_same_stage2_run(trained, tmp_path):
     ctc = run.parent / "ctc"
     common = ["--config", str(TINY), "--data", str(corpus)]
     opts = ["train.max_steps=6", "speech_llm.dropout=0.1", "llm.lora_rank=2",
-            "speech_llm.piece_prior=true", "speech_llm.match_embedding_scale=true"]
+            "speech_llm.piece_prior=true", "speech_llm.match_embedding_scale=true",
+            "augment.prob=0.8", "augment.noise_prob=0.7", "augment.telephone_prob=0.5"]
     straight, split = tmp_path / "a", tmp_path / "b"
     for out, extra in ((straight, []), (split, ["train.max_minutes=0.000001"])):
         assert main(["train", "speech-llm", *common, "--out", str(out), "--compressor", str(ctc),

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..audio import AudioError, fbank, load_audio
+from ..augment import Augmenter
 from ..progress import progress as progress_bar
 
 
@@ -84,3 +85,17 @@ def load_features(audio_paths: list[str], cache_file: str | os.PathLike,
               metadata={"fingerprint": key, "index": json.dumps(offsets), "errors": json.dumps(errors)})
     os.replace(tmp, cache_file)
     return FeatureStore(all_feats, offsets, errors)
+
+
+def training_features(store: FeatureStore, paths: list[str], generator: torch.Generator,
+                      augmenter: Augmenter | None = None,
+                      speeds: list[list[float]] | None = None) -> list[torch.Tensor]:
+    """Fbank (T_i, 80) of each training row: from the cache, except for the rows drawn from
+    ``generator`` for augmentation (a share ``augmenter.cfg.prob``), whose features are computed
+    from the augmented wave at one of the row's feasible ``speeds``. Without an augmenter nothing
+    is drawn, so the generator's stream is what it was before augmentation existed."""
+    if augmenter is None:
+        return [store.get(p) for p in paths]
+    chosen = (torch.rand(len(paths), generator=generator) < augmenter.cfg.prob).tolist()
+    return [fbank(augmenter(load_audio(p), generator, s)) if c else store.get(p)
+            for p, s, c in zip(paths, speeds, chosen)]

@@ -21,6 +21,11 @@ def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return (torch.div(once - 3, 2, rounding_mode="floor") + 1).clamp(min=0)
 
 
+def min_input_frames(n_out: int) -> int:
+    """Fewest input frames that ``subsampled_lengths`` maps to >= n_out >= 1 frames."""
+    return 4 * n_out + 3
+
+
 class Conv2dSubsampling(nn.Module):
     """Two stride-2 Conv2D layers over (time, mel): 4x shorter in time, projected to d_model."""
 

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from ..audio import CMVN, spec_augment
+from ..augment import Augmenter
 from ..checkpoint import load_tensors, save_tensors
 from ..config import ExperimentConfig
 from ..data import read_manifest
 from ..data.batching import LengthBucketSampler, pad_feats, pad_tokens
-from ..data.features import FeatureStore, load_features
+from ..data.features import FeatureStore, load_features, training_features
 from ..models.build import build_compressor, compressor_state, label_llm_path, split_state
-from ..models.ctc_compressor import ctc_loss, subsampled_lengths
+from ..models.ctc_compressor import ctc_loss, min_input_frames, subsampled_lengths
 from ..text import CTCTokenizer, LLMTokenCTCTokenizer, load_ctc_tokenizer
 from ..train import rank0_first
 
@@ -39,6 +40,22 @@ def recordings(manifest: str | Path, progress: bool = True):
         print(f"{manifest}: skipped {len(store.errors)} unreadable audio file(s), e.g. "
               f"{store.errors[0]}", file=sys.stderr)
     return [r for r in recs if r[0] in store], store
+
+
+def plan_augmentation(cfg: ExperimentConfig, store: FeatureStore, paths: list[str],
+                      min_frames: list[int] | None = None):
+    """(augmenter, speeds, lengths) for the training rows ``paths``: the Augmenter (None when
+    augment.prob is 0; babble from these recordings), each row's feasible speeds (at least
+    ``min_frames`` frames, at most data.max_frames) and each row's length for the batch sampler:
+    its cached frames, or with augmentation the most it can have at its slowest speed, so that a
+    batch of slowed-down rows still fits data.max_frames."""
+    frames = [store.num_frames(p) for p in paths]
+    if cfg.augment.prob == 0:
+        return None, None, frames
+    augmenter = Augmenter(cfg.augment, sorted(set(paths)))
+    speeds = [augmenter.speeds_for(n, cfg.data.max_frames, m)
+              for n, m in zip(frames, min_frames or [0] * len(paths))]
+    return augmenter, speeds, [augmenter.longest(n, s) for n, s in zip(frames, speeds)]
 
 
 class CTCTask:
@@ -75,7 +92,9 @@ class CTCTask:
                   f"data.max_seconds, or too short for their transcript under CTC)", file=sys.stderr)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
         self.model = build_compressor(cfg)
-        frames = [self.store.num_frames(item[0]) for item in self.items]
+        self.augmenter, self.speeds, frames = plan_augmentation(
+            cfg, self.store, [item[0] for item in self.items],
+            [min_input_frames(max(1, len(item[1]), len(item[2]))) for item in self.items])
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
                                            rank=rank, world_size=world_size)
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
@@ -95,7 +114,9 @@ class CTCTask:
         return items, skipped
 
     def loss(self, model: nn.Module, indices: list[int]):
-        feats, lengths = pad_feats([self.cmvn(self.store.get(self.items[i][0])) for i in indices])
+        feats = training_features(self.store, [self.items[i][0] for i in indices], self.generator,
+                                  self.augmenter, self.speeds and [self.speeds[i] for i in indices])
+        feats, lengths = pad_feats([self.cmvn(x) for x in feats])
         targets, target_lengths = pad_tokens([self.items[i][1] for i in indices])
         f = self.cfg.features
         if f.spec_augment:

@@ -15,7 +15,7 @@ from ..checkpoint import load_tensors, save_tensors
 from ..config import ExperimentConfig
 from ..data import Utterance, read_manifest
 from ..data.batching import LengthBucketSampler, pad_feats
-from ..data.features import load_features
+from ..data.features import load_features, training_features
 from ..models.build import (
     build_speech_llm,
     load_compressor,
@@ -29,7 +29,7 @@ from ..models.prompt import Prompter
 from ..models.shipped import is_shipped
 from ..text import normalize, word_start_prefix
 from ..train import rank0_first
-from .ctc import feature_cache_path
+from .ctc import feature_cache_path, plan_augmentation
 
 
 def target_ids(tokenizer, text: str) -> list[int]:
@@ -80,7 +80,8 @@ class SpeechLLMTask:
             frozen_dtype=torch.bfloat16 if cfg.train.bf16 else torch.float32,
             vocab_ids=output_vocab_ids(self.tokenizer, [t for _, t in self.items]))
         self.prompter = Prompter(self.tokenizer, cfg.llm.system_prompt)
-        frames = [self.store.num_frames(u.audio) for u, _ in self.items]
+        self.augmenter, self.speeds, frames = plan_augmentation(
+            cfg, self.store, [u.audio for u, _ in self.items])
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
                                            rank=rank, world_size=world_size)
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
@@ -105,7 +106,9 @@ class SpeechLLMTask:
 
     def loss(self, model: nn.Module, indices: list[int]):
         rows = [self.items[i] for i in indices]
-        feats, lengths = pad_feats([self.cmvn(self.store.get(u.audio)) for u, _ in rows])
+        feats = training_features(self.store, [u.audio for u, _ in rows], self.generator,
+                                  self.augmenter, self.speeds and [self.speeds[i] for i in indices])
+        feats, lengths = pad_feats([self.cmvn(x) for x in feats])
         f = self.cfg.features
         if f.spec_augment:
             feats = spec_augment(feats, lengths, freq_masks=f.freq_masks, freq_width=f.freq_width,
