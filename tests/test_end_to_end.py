@@ -17,16 +17,20 @@ def test_demo_command_runs_end_to_end(tmp_path):
         pytest.skip("espeak-ng is not installed (scripts/install.sh installs it)")
     shipped_llm_path()  # converts the default LLM once (~1 min) so the timing below is the pipeline's
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "speechllama", "demo", "--out", str(out), "--langs", "de",
-           "--sentences", "30", "--numbers", "6", "--procs", "1",
+    cmd = [sys.executable, "-m", "speechllama", "demo", "--out", str(out), "--procs", "1",
+           "corpus.langs=[de]", "corpus.sentences_per_lang=30", "corpus.numbers_per_lang=6",
+           "corpus.kokoro_heldout_per_lang=2", "corpus.real_speech=[cs]",
            "train.max_steps=3", "train.log_every=1", "data.max_frames=1200"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = (out / "report.md").read_text()
     for heading in ("## Speech-LLaMA on the test split", "## Stage 1: CTC compressor",
-                    "## Two test files", "## Wall time per stage"):
+                    "## Held-out sets", "## Two test files", "## Wall time per stage"):
         assert heading in report
+    for line in ("| heldout-kokoro | kokoro | ", "| heldout-real | real | ", "| train | real | ",
+                 "| unseen voice source: Kokoro", "| real speech: human"):
+        assert line in report, line
     assert (out / "model" / "model.safetensors").exists()
     assert "translate :" in proc.stderr and "transcribe:" in proc.stderr
 
