@@ -61,14 +61,15 @@ class CompressorConfig:
     n_layers: int = 4
     ff_dim: int = 768
     dropout: float = 0.1
-    # CTC labels: llm_tokens (the LLM's own tokens seen in the transcripts; its tokenizer comes
-    # from llm.path) | sentencepiece (a unigram model of vocab_size pieces); docs/design.md
-    labels: str = "llm_tokens"
+    # CTC labels: chars (one label per character of the normalised transcript: learns ~2x faster
+    # than tokens in the demo budget, compresses less; docs/design.md, "A front end that learns")
+    # | sentencepiece (a unigram model of vocab_size pieces) | llm_tokens (an LLM's own tokens
+    # seen in the transcripts, from label_llm; joint CTC/LLM decoding needs the stage-2 LLM's)
+    labels: str = "chars"
     # the LLM whose tokens are the llm_tokens labels: a shipped name or a folder; "" = llm.path.
-    # Default SmolLM2's: its 49k byte-level pieces are short enough for CTC to learn in the demo
-    # budget, Gemma's 262k (whole words) are not (docs/design.md). Another LLM than stage 2's is
-    # mapped into its embedding space by each label's text (the piece prior; joint CTC/LLM
-    # decoding needs the same LLM). Resolved to a folder in training.
+    # SmolLM2's 49k byte-level pieces are short enough for CTC to learn, Gemma's 262k (whole
+    # words) are not (docs/design.md). Another LLM than stage 2's is mapped into its embedding
+    # space by each label's text (the piece prior). Resolved to a folder in training.
     label_llm: str = "smollm2"
     vocab_size: int = 1000  # labels incl. <blank>=0 and <unk>; resolved from the data for llm_tokens
     char_layer: int = 2  # auxiliary character CTC on this layer's output; 0 = none
@@ -205,7 +206,7 @@ class ExperimentConfig:
 
 
 CHOICES = {  # string fields with a closed set of values
-    "compressor.labels": ("llm_tokens", "sentencepiece"),
+    "compressor.labels": ("llm_tokens", "sentencepiece", "chars"),
     "speech_llm.compression": ("average", "remove_blank", "none"),
     "speech_llm.audio_mask": ("non_causal", "causal"),
     "speech_llm.asr_target": ("verbatim", "normalized"),

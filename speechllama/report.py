@@ -76,8 +76,6 @@ def _heldout_section(ctc: dict, heldout: dict, per_group: int) -> list[str]:
         title = "synthetic test split (espeak-ng, for comparison)" if name == "test" else HELDOUT_TITLES[name]
         lines.append(f"| {title} | {c['macro_cer']:.1f} | {c['macro_wer']:.1f} | "
                      + " | ".join("–" if v is None else f"{v:.1f}" for v in cells) + " |")
-    lines.append("")
-    lines.append("The test split's model scores are in the tables above (15 rows per group).")
     for name in names:
         lines += ["", f"Compressor CER per language, {HELDOUT_TITLES[name]}: "
                   + ", ".join(f"{lang} {v['cer']:.1f}% (n={v['n']})" for lang, v in ctc[name]["languages"].items()) + "."]

@@ -88,3 +88,18 @@ def test_torchrun_two_processes_stay_in_sync(two_utterances, tmp_path):
     import json
     losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0] * 0.7, losses
+
+
+def test_character_labels_are_one_per_character(two_utterances, tmp_path):
+    """compressor.labels=chars (the default): one CTC label per character of the normalised text,
+    and the tiny model still learns the two utterances."""
+    run = tmp_path / "run"
+    assert main(["train", "ctc", "--config", str(TINY), "--data", str(two_utterances), "--out", str(run),
+                 "compressor.labels=chars", "train.max_steps=150", "features.spec_augment=false"]) == 0
+    tokenizer = load_compressor(run).tokenizer
+    pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)
+              if not (tokenizer.sp.is_control(i) or tokenizer.sp.is_unknown(i))]
+    assert pieces and all(len(p) == 1 for p in pieces), pieces
+    assert len(tokenizer.encode("eins zwei")) == len("_eins_zwei")  # a word-start label before each word
+    assert evaluate_ctc(run, two_utterances / "dev.jsonl", progress=False)["macro_cer"] == 0.0
+    assert load_config(None).compressor.labels == "chars"

@@ -75,8 +75,9 @@ class CTCTask:
 
             llm_tokenizer = AutoTokenizer.from_pretrained(c.label_llm, local_files_only=True)
             self.tokenizer = LLMTokenCTCTokenizer.train([r[1] for r in recs], llm_tokenizer)
-        else:
-            self.tokenizer = CTCTokenizer.train([r[1] for r in recs], c.vocab_size)
+        else:  # a sentencepiece model: unigram pieces, or one label per character
+            kind = "char" if c.labels == "chars" else "unigram"
+            self.tokenizer = CTCTokenizer.train([r[1] for r in recs], c.vocab_size, model_type=kind)
         c.vocab_size = self.tokenizer.vocab_size  # resolved (data may allow fewer)
         self.chars = None
         if c.char_layer:
