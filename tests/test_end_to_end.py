@@ -20,7 +20,7 @@ def test_demo_command_runs_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "speechllama", "demo", "--out", str(out), "--procs", "1",
            "corpus.langs=[de]", "corpus.sentences_per_lang=30", "corpus.numbers_per_lang=6",
            "corpus.kokoro_heldout_per_lang=2", "corpus.real_speech=[cs]",
-           "train.max_steps=3", "train.log_every=1", "data.max_frames=1200"]
+           "train.max_steps=3", "train.log_every=1", "data.max_frames=1200", "data.max_seconds=8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
