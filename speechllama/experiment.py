@@ -18,12 +18,12 @@ from .pipeline import STAGE1, STAGE2, Timings, _train, export_model
 # name -> stage-2 overrides; every system gets the same data, steps and wall-time cap
 SYSTEMS = {
     "speech-llama": [],  # average compression, non-causal audio mask, LoRA r=2 on q,k,v,o,
-    #                      the piece prior (LLM-token CTC labels)
+    #                      the piece prior (the LLM's embedding of each vector's greedy CTC label)
     "remove-blank": ["speech_llm.compression=remove_blank"],
     "causal-mask": ["speech_llm.audio_mask=causal"],
     "no-lora": ["llm.lora_rank=0"],
     "no-compression": ["speech_llm.compression=none"],
-    # its LLM has its own tokenizer, so the compressor's LLM-token labels mean nothing to it
+    # its LLM starts from random weights: its embeddings of the CTC labels would be no prior
     "decoder-only-scratch": ["llm.init=scratch", "llm.lora_rank=0", "speech_llm.piece_prior=false"],
     "encoder-decoder": ["speech_llm.system=encoder_decoder", "llm.lora_rank=0",
                         "speech_llm.piece_prior=false"],
