@@ -238,7 +238,8 @@ def test_build_demo_with_every_source(tmp_path, espeak, monkeypatch):
     assert stats["errors"] == []
     splits = {s: read_manifest(tmp_path / "a" / f"{s}.jsonl") for s in ("train", "dev", "test")}
     held_kokoro = read_manifest(tmp_path / "a" / "heldout-kokoro.jsonl")
-    held_real = read_manifest(tmp_path / "a" / "heldout-real.jsonl")
+    real_file = tmp_path / "a" / "heldout-real.jsonl"  # written only when a real line falls in test
+    held_real = read_manifest(real_file) if real_file.exists() else []
     in_training = [u for s in ("train", "dev") for u in splits[s]]
     # the unseen-voice set: test lines only, in voices training never uses
     key = lambda u: _key_of(dataclasses.replace(  # noqa: E731
@@ -261,6 +262,10 @@ def test_build_demo_with_every_source(tmp_path, espeak, monkeypatch):
     assert set(hours["heldout-kokoro"]) == {"kokoro"}
     assert set(hours["heldout-real"]) == ({"real"} if held_real else set())
     assert hours["train"]["espeak"]["de"] > 0 and "real" in hours["train"] | hours["dev"]
+    # rebuilt without the held-out sources: their manifests go, the rest is as built before
+    build_demo(tmp_path / "a", langs=("de", "cs"), numbers_per_lang=25, root=root, kokoro_per_lang=3,
+               sound_root=tmp_path / "unpacked")
+    assert not list((tmp_path / "a").glob("heldout-*.jsonl"))
 
 
 def test_missing_sources_are_loud_errors(tmp_path, espeak, monkeypatch):

@@ -311,8 +311,12 @@ def build_demo(out_dir, langs=("de", "fr", "es", "it", "nl", "cs"), sentences_pe
     kinds = {item.wav(out_dir).as_posix(): item.kind for item in items}
     kind_of = lambda u: kinds.get(Path(u.audio).as_posix(), "number" if "-num-" in u.id else "sentence")  # noqa: E731
     splits = write_splits(out_dir, keyed)
-    for name, rows in heldout.items():
-        write_manifest(out_dir / f"heldout-{name}.jsonl", sorted(rows, key=lambda u: u.id))
+    for name in ("kokoro", "real"):  # a set this build does not make must not linger from an earlier one
+        manifest = out_dir / f"heldout-{name}.jsonl"
+        if heldout.get(name):
+            write_manifest(manifest, sorted(heldout[name], key=lambda u: u.id))
+        elif manifest.exists():
+            manifest.unlink()
     config = {"langs": list(langs), "sentences_per_lang": sentences_per_lang, "numbers_per_lang": numbers_per_lang,
               "seed": seed, "kokoro_per_lang": kokoro_per_lang, "kokoro_heldout_per_lang": kokoro_heldout_per_lang,
               "real_speech": list(real_speech), "espeak": espeak}
