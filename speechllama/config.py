@@ -156,8 +156,8 @@ class CorpusConfig:
     langs: list[str] = field(default_factory=lambda: ["de", "fr", "es", "it", "nl", "cs"])
     sentences_per_lang: int = 0  # translated game lines per language (seeded sample); 0 = all
     numbers_per_lang: int = 300  # num2words expressions per language
-    espeak: bool = True  # espeak-ng: ~70 voice variants x speeds x pitches, every line once
-    # Kokoro-82M (neural, ~1.6x real time a thread): training lines per language, spoken by its
+    espeak: bool = True  # espeak-ng: ~80 voice variants x speeds x pitches, every line once
+    # Kokoro-82M (neural, ~2x real time a thread): training lines per language, spoken by its
     # training voices; 0 keeps Kokoro an unseen source (the default: the demo's time budget)
     kokoro_per_lang: int = 0
     # the unseen-voice held-out set: test-split lines per language spoken by Kokoro voices that
