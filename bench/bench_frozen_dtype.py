@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     batches = iter(task.sampler)
     seconds = dict.fromkeys(models, 0.0)
     for step in range(args.steps + 1):  # the first round warms up, untimed
-        batch = next(batches)
+        batch = task.collate(next(batches), torch.Generator().manual_seed(step))
         for name, model in models.items():
             model.train()
             start = time.perf_counter()

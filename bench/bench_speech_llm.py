@@ -128,7 +128,8 @@ def step_flops(s: dict, model, cfg) -> float:
     return float(f)
 
 
-def train_step(task, opt, trainable, batch, bf16: bool) -> dict:
+def train_step(task, opt, trainable, indices, bf16: bool) -> dict:
+    batch = task.collate(indices, torch.Generator().manual_seed(len(indices)))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss, stats = task.loss(task.model, batch)
     opt.zero_grad(set_to_none=True)

@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     model.train()
     for step in range(1, args.steps + 1):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _ = task.loss(model, next(batches))
+            loss, _ = task.loss(model, task.collate(next(batches), torch.Generator().manual_seed(step)))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)

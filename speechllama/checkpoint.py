@@ -91,29 +91,30 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{path}: not a checkpoint (no model.safetensors, no 'latest' pointer)")
 
 
-def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state_dict into safetensors tensors and a JSON-able remainder."""
-    sd = opt.state_dict()
+def optimizer_to_files(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict (keyed by parameter names or indices) into safetensors
+    tensors (``optim.<param>.<name>``) and a JSON-able remainder."""
     tensors, scalars = {}, {}
-    for idx, state in sd["state"].items():
+    for param, state in sd["state"].items():
         for name, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{name}"] = value.contiguous()
+                tensors[f"optim.{param}.{name}"] = value.contiguous()
             else:
-                scalars[f"{idx}.{name}"] = value
+                scalars[f"{param}.{name}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+def optimizer_from_files(tensors: dict, meta: dict) -> dict:
+    """The optimizer state_dict back from :func:`optimizer_to_files`."""
     state: dict = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
+            param, name = key[len("optim."):].rsplit(".", 1)
+            state.setdefault(param, {})[name] = value
     for key, value in meta["scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        param, name = key.rsplit(".", 1)
+        state.setdefault(param, {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:

@@ -44,6 +44,7 @@ def _resolve_config(args):
 
 def cmd_train(args) -> int:
     from .config import save_config
+    from .device import resolve_device
     from .models.shipped import is_shipped
     from .train import distributed_env, fit
 
@@ -58,6 +59,7 @@ def cmd_train(args) -> int:
         # a model trained from scratch has no pretrained LLM: its own is created by the task
         # and kept with the run
         cfg.llm.path = str(Path(args.out) / "llm-init")
+    resolve_device(cfg.train.device)  # a device that is not there fails before any work
     rank, world = distributed_env()
     if args.train_command == "ctc":
         from .tasks.ctc import CTCTask as Task
@@ -94,7 +96,8 @@ def cmd_evaluate(args) -> int:
             write_report(report, args.out, md)
     else:
         report = evaluate_model(args.model, args.data, _decoding_options(args), out=args.out,
-                                per_group=args.per_group, ceiling=args.ceiling)
+                                per_group=args.per_group, ceiling=args.ceiling,
+                                device=args.device)
         md = model_report_markdown(report)
     print(md)
     return 0
@@ -116,6 +119,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
                         "(LLM-token CTC labels and speech_llm.asr_target=normalized), else 0")
     p.add_argument("--ctc-candidates", type=int, default=10,
                    help="LLM next-token candidates per hypothesis scored with CTC (joint decoding)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else cpu) | cpu | cuda | cuda:N")
 
 
 def cmd_infer(args) -> int:
@@ -123,7 +128,7 @@ def cmd_infer(args) -> int:
     from .audio import AudioError
     from .inference import Request, features_of, load
 
-    model = load(args.model, _decoding_options(args))
+    model = load(args.model, _decoding_options(args), device=args.device)
     task = "st" if args.command == "translate" else "asr"
     tgt = args.tgt_lang if task == "st" else (args.src_lang or "")
     requests, names, failed = [], [], 0

@@ -88,6 +88,7 @@ class LLMConfig:
     lora_rank: int = 2  # 0 = no LoRA (the LLM stays exactly as it is)
     lora_alpha: float = 0.0  # 0 = equal to the rank (scaling 1)
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    attn_implementation: str = "sdpa"  # transformers attention: sdpa | eager
     system_prompt: str = "You transcribe and translate speech."  # short: the default one costs ~20 tokens
     init: str = "pretrained"  # pretrained: frozen + LoRA | scratch: a small LLaMA trained fully
     scratch_hidden: int = 256  # sizes of the from-scratch LLaMA (llm.init=scratch)
@@ -175,6 +176,9 @@ class DataConfig:
     dev: str = ""  # dev manifest; empty = no validation
     max_frames: int = 3000  # cap on padded fbank frames per batch (batch size x longest row)
     max_seconds: float = 20.0  # longer utterances are skipped (counted) in training
+    # DataLoader worker processes that build batches (augmentation, fbank, padding) while the
+    # model trains; 0 = in the training process. Batches are pinned for CUDA.
+    num_workers: int = 0
 
 
 @dataclass
@@ -190,6 +194,14 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2  # older step-* folders are deleted; the latest is always kept
     max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+    # where the model, batches and loss live: auto (CUDA when available, cuda:LOCAL_RANK under
+    # torchrun) | cpu | cuda (an error without a CUDA device)
+    device: str = "auto"
+    # several processes (torchrun): ddp (every rank holds the whole model) | fsdp (FSDP2: the
+    # LLM's decoder layers and the whole model sharded; docs/scale.md)
+    parallel: str = "ddp"
+    grad_accum: int = 1  # micro-batches per optimizer step (no gradient sync on the inner ones)
+    activation_checkpointing: bool = False  # recompute the LLM layers' activations in backward
 
 
 @dataclass
@@ -212,6 +224,9 @@ CHOICES = {  # string fields with a closed set of values
     "speech_llm.asr_target": ("verbatim", "normalized"),
     "speech_llm.output_vocab": ("targets", "full"),
     "llm.init": ("pretrained", "scratch"),
+    "llm.attn_implementation": ("sdpa", "eager"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.parallel": ("ddp", "fsdp"),
     "speech_llm.system": ("decoder_only", "encoder_decoder"),
     "augment.noise_kinds": ("white", "pink", "babble"),  # a list: each item is checked
 }
@@ -293,6 +308,12 @@ def from_dict(data: dict, cls: type = ExperimentConfig) -> Any:
     _check_choices(cfg)
     if isinstance(cfg, ExperimentConfig):
         _check_augment(cfg.augment)
+        for key in ("train.grad_accum", "data.max_frames"):
+            section, name = key.split(".")
+            if getattr(getattr(cfg, section), name) < 1:
+                raise ConfigError(f"config key '{key}': must be >= 1")
+        if cfg.data.num_workers < 0:
+            raise ConfigError("config key 'data.num_workers': must be >= 0")
     return cfg
 
 

@@ -41,7 +41,8 @@ def ctc_outputs(bundle: CompressorBundle, feats: list[torch.Tensor], max_frames:
     texts: list[str] = [""] * len(feats)
     stats = {m: [0.0] * len(feats) for m in ("average", "remove_blank")}
     for batch in sampler.batches(0):
-        x, lengths = pad_feats([bundle.cmvn(feats[i]) for i in batch])
+        device = next(bundle.model.parameters()).device
+        x, lengths = pad_feats([bundle.cmvn(feats[i]) for i in batch], device)
         hidden, logits, out_lengths = bundle.model(x, lengths)
         labels = logits.argmax(-1)
         for row, i in enumerate(batch):
@@ -158,7 +159,7 @@ def first_per_group(utts: list, per_group: int | None) -> list:
 
 def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
                    out: str | Path | None = None, per_group: int | None = None,
-                   ceiling: bool = True, llm_alone: bool = True) -> dict:
+                   ceiling: bool = True, llm_alone: bool = True, device: str = "auto") -> dict:
     """Decode the rows of ``manifest`` (all, or the first ``per_group`` of each task, language
     pair and subset) with a Speech-LLaMA model and score them; with ``ceiling``, also the frozen
     LLM's own translation of the same ST rows from their reference transcripts
@@ -172,7 +173,8 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     from .inference import Request, SpeechToText, load
     from .tasks.ctc import feature_cache_path
 
-    model: SpeechToText = load(checkpoint) if options is None else load(checkpoint, options)
+    model: SpeechToText = load(checkpoint, device=device) if options is None \
+        else load(checkpoint, options, device=device)
     utts = first_per_group(read_manifest(manifest), per_group)
     store = load_features([u.audio for u in utts], feature_cache_path(manifest))
     utts = [u for u in utts if u.audio in store]
@@ -316,8 +318,10 @@ def text_mt_ceiling(llm, tok, system_prompt: str, utts: list, batch_size: int = 
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             prompts = [prompter("st", st[i].src_lang, st[i].tgt_lang) for i in batch]
-            src = pad_sequence([embed(torch.tensor(sources[i])) for i in batch], batch_first=True)
-            lengths = torch.tensor([len(sources[i]) for i in batch])
+            device = embed.weight.device
+            src = pad_sequence([embed(torch.tensor(sources[i], device=device)) for i in batch],
+                               batch_first=True)
+            lengths = torch.tensor([len(sources[i]) for i in batch], device=device)
             embeds, mask, valid, _ = assemble(embed, src, lengths, [p[0] for p in prompts],
                                               [p[1] for p in prompts], None, causal_audio=True)
             embeds, mask = llm_inputs(llm, embeds, mask)

@@ -14,6 +14,7 @@ import torch
 from .audio import SAMPLE_RATE, fbank, load_audio, validate_wave
 from .data.batching import LengthBucketSampler, pad_feats
 from .decode import DecodingOptions, token_budget
+from .device import resolve_device
 from .models.build import SpeechLLMBundle, load_speech_llm
 from .models.prompt import Prompter, stop_ids
 
@@ -47,6 +48,7 @@ class SpeechToText:
     def __init__(self, bundle: SpeechLLMBundle, options: DecodingOptions = DecodingOptions(),
                  max_frames: int = 16000):
         self.bundle, self.max_frames = bundle, max_frames
+        self.device = next(bundle.model.parameters()).device  # load() placed the model
         self.ctc_map, self.no_joint = joint_ctc_map(bundle)
         self.options = self.resolve(options)
         self.prompter = Prompter(bundle.tokenizer, bundle.config.llm.system_prompt)
@@ -96,7 +98,7 @@ class SpeechToText:
             ctc_map = self.ctc_map if joint and requests[group[0]].task == "asr" else None
             for batch in sampler.batches(0):
                 reqs = [requests[group[k]] for k in batch]
-                feats, lengths = pad_feats([self.bundle.cmvn(r.feats) for r in reqs])
+                feats, lengths = pad_feats([self.bundle.cmvn(r.feats) for r in reqs], self.device)
                 prompts = [self.prompter(r.task, r.src_lang, r.tgt_lang) for r in reqs]
                 budget = token_budget(lengths.float() / 100, options)  # 100 fbank frames per second
                 extra = {"ctc_map": ctc_map} if ctc_map is not None else {}
@@ -131,10 +133,16 @@ def joint_ctc_map(bundle: SpeechLLMBundle) -> tuple[torch.Tensor | None, str]:
 
 
 def load(path: str | os.PathLike, options: DecodingOptions = DecodingOptions(),
-         dtype: torch.dtype = torch.bfloat16) -> SpeechToText:
+         dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "auto") -> SpeechToText:
     """Load a trained Speech-LLaMA model (checkpoint folder, run folder or exported model).
+
+    ``device``: auto (CUDA when available, else the CPU) | cpu | cuda | cuda:N; the model and
+    every batch live there (this is the one place inference places them).
 
     ``dtype``: of the frozen pretrained LLM's weights (the audio encoder and LoRA stay float32).
     bf16 by default: decoding is bound by reading weights, and bf16 weights halve that
     (bench/bench_speech_llm.py measures both; autocast instead would re-cast every step)."""
-    return SpeechToText(load_speech_llm(Path(path), frozen_dtype=dtype), options)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    bundle = load_speech_llm(Path(path), frozen_dtype=dtype)
+    bundle.model.to(device)
+    return SpeechToText(bundle, options)

@@ -1,13 +1,17 @@
 """One training loop for every stage and system.
 
 A *task* (``speechllama/tasks/``) owns the data, the model and the loss of one stage; this loop
-owns everything else: optimisation (AdamW, warmup + cosine), gradient clipping, bf16 autocast,
-DistributedDataParallel under ``torchrun``, the progress bar, the JSONL log, atomic checkpoints
-and exact resume (weights, optimizer, scheduler, sampler position, RNG states).
+owns everything else: the device (``train.device``), parallelism under ``torchrun`` (DDP, or FSDP2
+with ``train.parallel=fsdp``), activation checkpointing, DataLoader workers, optimisation (AdamW,
+warmup + cosine, gradient accumulation), gradient clipping, bf16 autocast, the progress bar, the
+JSONL log, atomic checkpoints and exact resume (weights, optimizer, scheduler, sampler position,
+RNG states). Tasks and models never move anything to a device: :func:`parallelize` places the
+model, :func:`speechllama.device.move` each batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,31 +23,33 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoint as ckpt
-from .config import ExperimentConfig, save_config
+from .config import ExperimentConfig, TrainConfig, save_config
+from .device import move, resolve_device
 from .progress import progress
 
 
 class Task(Protocol):
     model: nn.Module  # trainable parameters are those with requires_grad
-    sampler: object  # LengthBucketSampler
+    sampler: object  # LengthBucketSampler: its position is the loop's, checkpointed
 
-    def loss(self, model: nn.Module, batch: list[int]) -> tuple[torch.Tensor, dict]: ...
-    def save(self, folder: Path, model: nn.Module) -> None: ...  # model.safetensors + extras
+    def collate(self, indices: list[int], generator: torch.Generator) -> dict: ...  # CPU tensors
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]: ...  # on device
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]: ...  # model.safetensors
+    def save(self, folder: Path, tensors: dict[str, torch.Tensor]) -> None: ...  # + extras
     def load(self, folder: Path, model: nn.Module) -> None: ...  # weights back from save()
-    def rng_state(self) -> dict[str, torch.Tensor]: ...
-    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 def distributed_env() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment, initialising the process group once."""
+    """(rank, world_size) from torchrun's environment, initialising the process group once
+    (nccl when this rank's device is a GPU, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return int(os.environ.get("RANK", "0")), world
 
 
@@ -72,32 +78,221 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
+# ---------------------------------------------------------------------------------------------
+# Placement and parallelism
+# ---------------------------------------------------------------------------------------------
+
+
+def llm_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers of a model's LLM (``model.llm``), or [] for a model without one."""
+    llm = getattr(model, "llm", None)
+    if llm is None or not hasattr(llm, "get_decoder"):
+        return []
+    return list(getattr(llm.get_decoder(), "layers", []))
+
+
+def parallelize(model: nn.Module, tc: TrainConfig, device: torch.device, world: int) -> nn.Module:
+    """Place ``model`` on ``device``, turn on activation checkpointing and wrap it for ``world``
+    processes; returns the module to call (the same module under FSDP2, a DDP wrapper under DDP).
+
+    FSDP2 (``fully_shard``) shards each LLM decoder layer and then the whole model. With
+    ``train.bf16`` its mixed-precision policy computes in bf16 and reduces gradients in fp32: the
+    frozen base is stored (and sharded) in bf16 by the builder, trainable weights and the AdamW
+    state stay fp32 in their shards."""
+    model.to(device)
+    if tc.activation_checkpointing:
+        llm = getattr(model, "llm", None)
+        if llm is None or not hasattr(llm, "gradient_checkpointing_enable"):
+            raise ValueError("train.activation_checkpointing: this model has no LLM layers to "
+                             "checkpoint (stage 1 trains a small compressor: leave it off)")
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(llm, "enable_input_require_grads"):
+            llm.config.use_cache = False
+    if tc.parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        if world > 1 or not dist.is_initialized():
+            _init_single_process_group(world)
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if tc.bf16 else None,
+                                      reduce_dtype=torch.float32)
+        for layer in llm_layers(model):
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        return model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def _init_single_process_group(world: int) -> None:
+    """FSDP2 needs a process group even in one process (``train.parallel=fsdp`` without
+    torchrun): a gloo/nccl group of one on a free local port."""
+    if dist.is_initialized():
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0,
+                            world_size=max(1, world))
+
+
+def _no_grad_sync(wrapped: nn.Module, tc: TrainConfig, sync: bool):
+    """Gradient reduction off on the inner micro-batches of an accumulated step."""
+    if tc.parallel == "fsdp":
+        wrapped.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if isinstance(wrapped, nn.parallel.DistributedDataParallel) and not sync:
+        return wrapped.no_sync()
+    return contextlib.nullcontext()
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A whole tensor on the CPU from an FSDP2 shard (collective: every rank calls it in the same
+    order) or a plain tensor."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+
+
+class _Batches(Dataset):
+    """Batch ``key`` -> ``task.collate`` of its indices, in a DataLoader worker (or the main
+    process with data.num_workers=0). The randomness of a batch (augmentation, SpecAugment, the
+    unnamed-language prompts) comes from a generator seeded by its global position in the run,
+    so it is the same for any number of workers, ranks (at the same global batch) and resumes."""
+
+    def __init__(self, task: Task, seed: int):
+        self.task, self.seed = task, seed
+
+    def __getitem__(self, key):
+        epoch, number, indices = key
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + number)
+        return self.task.collate(indices, g)
+
+    def __len__(self):  # an endless stream; never asked for by a DataLoader with a sampler
+        raise TypeError("an endless stream of batches")
+
+
+class _Keys:
+    """(epoch, global batch number, indices) from the sampler's position onwards, and the
+    position after each: what a checkpoint records is what the loop has consumed, not what
+    workers have prefetched."""
+
+    def __init__(self, sampler, rank: int, world: int):
+        self.sampler, self.rank, self.world = sampler, rank, world
+        self.state = sampler.state_dict()
+
+    def __iter__(self):
+        epoch, index = self.state["epoch"], self.state["index"]
+        while True:
+            batches = self.sampler.batches(epoch)
+            while index < len(batches):
+                yield epoch, index * self.world + self.rank, batches[index]
+                index += 1
+            epoch, index = epoch + 1, 0
+
+
+def _loader(task: Task, cfg: ExperimentConfig, device: torch.device, rank: int, world: int):
+    """Endless (position after the batch, batch) pairs; batches built in data.num_workers worker
+    processes (forked: they share the feature cache) and pinned for a GPU."""
+    keys = _Keys(task.sampler, rank, world)
+    workers = cfg.data.num_workers
+    loader = DataLoader(_Batches(task, cfg.train.seed), batch_size=None, sampler=keys,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=_one_thread if workers else None,
+                        multiprocessing_context="fork" if workers else None,
+                        prefetch_factor=2 if workers else None, persistent_workers=False,
+                        generator=torch.Generator())  # its base seed must not draw the global RNG
+    n = len(task.sampler.batches(keys.state["epoch"]))
+    epoch, index = keys.state["epoch"], keys.state["index"]
+    for batch in loader:
+        index += 1
+        if index >= n:  # the next batch opens the next epoch
+            epoch, index = epoch + 1, 0
+            n = len(task.sampler.batches(epoch))
+        yield {"epoch": epoch, "index": index}, batch
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # workers share the cores with the training process
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _optimizer_state(model: nn.Module, opt) -> dict:
+    """The optimizer's state keyed by parameter names, whole tensors on rank 0 (FSDP2 shards
+    gathered): the same file for one process, DDP and FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True,
+                                                                         cpu_offload=True))
+
+
 def _save(task: Task, cfg: ExperimentConfig, run_dir: Path, step: int, model: nn.Module,
-          opt, sched, final: bool) -> Path:
+          opt, sched, final: bool, rank: int, world: int) -> Path | None:
+    """Every rank gathers (collectives under FSDP2); rank 0 writes the checkpoint folder."""
+    tensors = {k: _full(v) for k, v in task.state_dict(model).items()}
+    optim = _optimizer_state(model, opt)
+    if rank != 0:
+        return None
+
     def write(folder: Path) -> None:
-        task.save(folder, model)
+        task.save(folder, tensors)
         save_config(cfg, folder / "config.yaml")
-        tensors, meta = ckpt.optimizer_to_files(opt)
+        optim_tensors, meta = ckpt.optimizer_to_files(optim)
         rng = {"rng.torch": torch.get_rng_state()}
-        rng.update({f"rng.task.{k}": v for k, v in task.rng_state().items()})
-        ckpt.save_tensors({**tensors, **rng}, folder / "trainer.safetensors")
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["rng.cuda"] = torch.cuda.get_rng_state()
+        ckpt.save_tensors({**optim_tensors, **rng}, folder / "trainer.safetensors")
         ckpt.write_json(folder / "trainer.json", {
-            "step": step, "final": final, "sampler": task.sampler.state_dict(),
+            "step": step, "final": final, "sampler": task.sampler.state_dict(), "world_size": world,
             "scheduler": sched.state_dict(), "optimizer": meta})
 
     return ckpt.save_checkpoint(run_dir, step, write, keep=cfg.train.keep_checkpoints)
 
 
-def _restore(task: Task, folder: Path, model: nn.Module, opt, sched) -> int:
-    task.load(folder, model)
+def _restore_trainer(task: Task, folder: Path, model: nn.Module, opt, sched, world: int) -> int:
+    """Optimizer, scheduler, sampler position and RNG states (the weights were loaded before the
+    model was placed and sharded). A run saved by W ranks resumes on W' ranks at the same global
+    batch (its per-rank index scaled by W / W'), the same run where each epoch's batch count is a
+    multiple of both (the sampler drops the remainder per world size)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     tensors = ckpt.load_tensors(folder / "trainer.safetensors")
     meta = ckpt.read_json(folder / "trainer.json")
-    ckpt.optimizer_from_files(opt, tensors, meta["optimizer"])
+    optim = ckpt.optimizer_from_files(tensors, meta["optimizer"])
+    if optim["state"]:  # a checkpoint written before the first optimizer step has none
+        set_optimizer_state_dict(model, opt, optim,
+                                 options=StateDictOptions(full_state_dict=True))
     sched.load_state_dict(meta["scheduler"])
-    task.sampler.load_state_dict(meta["sampler"])
+    position = dict(meta["sampler"])
+    saved_world = int(meta.get("world_size", world))
+    if saved_world != world:
+        batches = position["index"] * saved_world
+        if batches % world:
+            raise ValueError(f"{folder}: saved by {saved_world} processes after {batches} batches "
+                             f"of epoch {position['epoch']}, which {world} processes cannot split")
+        position["index"] = batches // world
+    task.sampler.load_state_dict(position)
     torch.set_rng_state(tensors["rng.torch"])
-    task.set_rng_state({k[len("rng.task."):]: v for k, v in tensors.items()
-                        if k.startswith("rng.task.")})
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return int(meta["step"])
 
 
@@ -108,54 +303,52 @@ def _params_identical_across_ranks(model: nn.Module) -> bool:
     return all(torch.equal(gathered[0], g) for g in gathered[1:])
 
 
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
 def fit(task: Task, cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False) -> Path:
     """Train ``task`` to ``cfg.train.max_steps``; returns the last checkpoint folder."""
     run_dir, tc = Path(run_dir), cfg.train
     rank, world = distributed_env()
+    device = resolve_device(tc.device)
     model = task.model
+    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    if last is not None:
+        task.load(last, model)  # plain tensors, before placement and sharding
+    elif resume and rank == 0:
+        print(f"no checkpoint in {run_dir}: starting a new run", file=sys.stderr)
+    wrapped = parallelize(model, tc, device, world)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps))
-    step = 0
-    last = ckpt.latest_checkpoint(run_dir) if resume else None
-    if last is not None:
-        step = _restore(task, last, model, opt, sched)
-    elif resume and rank == 0:
-        print(f"no checkpoint in {run_dir}: starting a new run", file=sys.stderr)
-    wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    device_type = "cuda" if next(model.parameters()).is_cuda else "cpu"
+    step = _restore_trainer(task, last, model, opt, sched, world) if last is not None else 0
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
     log = open(run_dir / "log.jsonl", "a") if rank == 0 else None
     bar = progress(total=tc.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
-    start, seen, batches = time.time(), {"items": 0, "tokens": 0}, iter(task.sampler)
+    start, seen = time.time(), {"items": 0, "tokens": 0}
+    batches = _loader(task, cfg, device, rank, world)
     wrapped.train()
     saved = last
     while step < tc.max_steps:
-        batch = next(batches)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc.bf16):
-            loss, stats = task.loss(wrapped, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
+        loss = _accumulated_step(task, wrapped, tc, batches, device, seen)
+        grad_norm = _full(nn.utils.clip_grad_norm_(trainable, tc.grad_clip))  # every rank
         opt.step()
         sched.step()
+        opt.zero_grad(set_to_none=True)
         step += 1
-        for k in seen:
-            seen[k] += stats.get(k, 0)
         elapsed = time.time() - start
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            _log(log, bar, step, _mean_across_ranks(loss, world), sched, grad_norm, elapsed,
+                 seen["items"] * world)
         if rank == 0:
             bar.update(1)
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                row = {"step": step, "loss": round(loss.item(), 4), "lr": sched.get_last_lr()[0],
-                       "grad_norm": round(float(grad_norm), 3), "elapsed_s": round(elapsed, 1),
-                       "items_per_s": round(seen["items"] * world / max(elapsed, 1e-9), 2)}
-                bar.set_postfix(loss=row["loss"], utt_s=row["items_per_s"])
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-        stop = _should_stop(tc.max_minutes, elapsed, world)
+        stop = _should_stop(tc.max_minutes, elapsed, world, device)
         if step % tc.checkpoint_every == 0 or step == tc.max_steps or stop:
-            if rank == 0:
-                saved = _save(task, cfg, run_dir, step, model, opt, sched,
-                              final=stop or step == tc.max_steps)
+            saved = _save(task, cfg, run_dir, step, model, opt, sched,
+                          final=stop or step == tc.max_steps, rank=rank, world=world) or saved
             if world > 1:
                 dist.barrier()
         if stop:
@@ -164,22 +357,68 @@ def fit(task: Task, cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: b
                       f"rerun with --resume to continue", file=sys.stderr)
             break
     bar.close()
-    if world > 1:
-        same = _params_identical_across_ranks(model)
-        if rank == 0:
-            print(f"ranks hold identical parameters: {'yes' if same else 'NO'}", file=sys.stderr)
-        if not same:
-            raise RuntimeError("DDP ranks diverged: parameters differ across processes")
+    _check_replicas(model, tc, world, rank)
     if log:
         log.close()
     return saved if saved is not None else ckpt.latest_checkpoint(run_dir)
 
 
-def _should_stop(max_minutes: float, elapsed: float, world: int) -> bool:
-    """Wall-time stop, agreed by all ranks (rank 0 decides)."""
+def _accumulated_step(task: Task, wrapped: nn.Module, tc: TrainConfig, batches, device,
+                      seen: dict) -> torch.Tensor:
+    """Forward and backward ``train.grad_accum`` micro-batches; each micro-batch's mean loss
+    counts 1/grad_accum (as each rank's counts 1/world under DDP), so K micro-batches on one
+    process give the step of K ranks. Returns the step's loss (detached)."""
+    total = torch.zeros((), device=device)
+    for micro in range(tc.grad_accum):
+        position, batch = next(batches)
+        batch = move(batch, device)
+        with _no_grad_sync(wrapped, tc, sync=micro == tc.grad_accum - 1):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                loss, stats = task.loss(wrapped, batch)
+            (loss / tc.grad_accum).backward()
+        total += loss.detach().float() / tc.grad_accum
+        task.sampler.load_state_dict(position)  # consumed: what a checkpoint records
+        for k in seen:
+            seen[k] += stats.get(k, 0)
+    return total
+
+
+def _mean_across_ranks(loss: torch.Tensor, world: int) -> float:
+    if world > 1:
+        loss = loss.clone()
+        dist.all_reduce(loss)
+        loss /= world
+    return float(loss)
+
+
+def _log(log, bar, step: int, loss: float, sched, grad_norm, elapsed: float, items: int) -> None:
+    if log is None:
+        return
+    row = {"step": step, "loss": round(loss, 4), "lr": sched.get_last_lr()[0],
+           "grad_norm": round(float(grad_norm), 3), "elapsed_s": round(elapsed, 1),
+           "items_per_s": round(items / max(elapsed, 1e-9), 2)}
+    bar.set_postfix(loss=row["loss"], utt_s=row["items_per_s"])
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+
+
+def _check_replicas(model: nn.Module, tc: TrainConfig, world: int, rank: int) -> None:
+    """Under DDP every rank must end with the same weights (FSDP2 ranks hold different shards)."""
+    if world == 1 or tc.parallel == "fsdp":
+        return
+    same = _params_identical_across_ranks(model)
+    if rank == 0:
+        print(f"ranks hold identical parameters: {'yes' if same else 'NO'}", file=sys.stderr)
+    if not same:
+        raise RuntimeError("DDP ranks diverged: parameters differ across processes")
+
+
+def _should_stop(max_minutes: float, elapsed: float, world: int, device: torch.device) -> bool:
+    """Wall-time stop, agreed by all ranks (rank 0 decides; the flag lives on the collective
+    backend's device: nccl takes GPU tensors only)."""
     if max_minutes <= 0:
         return False
-    flag = torch.tensor([1.0 if elapsed > max_minutes * 60 else 0.0])
+    flag = torch.tensor([1.0 if elapsed > max_minutes * 60 else 0.0], device=device)
     if world > 1:
         dist.broadcast(flag, src=0)
     return bool(flag.item())

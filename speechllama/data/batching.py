@@ -76,10 +76,12 @@ class LengthBucketSampler:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-def pad_feats(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of (T_i, F) -> (B, T_max, F) zero-padded, lengths (B,)."""
-    lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
-    out = feats[0].new_zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+def pad_feats(feats: Sequence[torch.Tensor], device: torch.device | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (T_i, F) -> (B, T_max, F) zero-padded, lengths (B,); created on ``device``
+    (default: that of the features)."""
+    lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=device)
+    out = feats[0].new_zeros(len(feats), int(lengths.max()), feats[0].shape[1], device=device)
     for i, f in enumerate(feats):
         out[i, : f.shape[0]] = f
     return out, lengths

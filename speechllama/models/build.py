@@ -105,7 +105,8 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     llm, tokenizer = load_llm(resolve_llm_path(cfg, base), lora_rank=l.lora_rank,
                               lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets),
                               train_base=l.init == "scratch",
-                              dtype=torch.float32 if l.init == "scratch" else frozen_dtype)
+                              dtype=torch.float32 if l.init == "scratch" else frozen_dtype,
+                              attn_implementation=l.attn_implementation)
     prior, scale = None, embed_scale(llm.config)  # audio vectors come at the scale the LLM reads
     if s.piece_prior:
         if ctc_tokenizer is None:

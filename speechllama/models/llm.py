@@ -94,6 +94,7 @@ def load_llm(
     lora_dropout: float = 0.0,
     dtype: torch.dtype = torch.float32,
     train_base: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> tuple[nn.Module, "PreTrainedTokenizerBase"]:
     """Load a local Hugging Face causal LM (a family of :mod:`.llm_family`) with frozen weights and, if ``lora_rank > 0``, LoRA.
     ``train_base=True`` (a model trained from scratch) leaves every weight trainable and takes no LoRA.
@@ -115,7 +116,7 @@ def load_llm(
     family_of(config)  # an unsupported architecture fails here, in one line naming its model_type
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+            path, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
         )
     except ValueError as e:
         raise ValueError(

@@ -98,7 +98,6 @@ class CTCTask:
             [min_input_frames(max(1, len(item[1]), len(item[2]))) for item in self.items])
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
                                            rank=rank, world_size=world_size)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
 
     def _usable(self, recs, store: FeatureStore):
         items, skipped = [], 0
@@ -114,29 +113,42 @@ class CTCTask:
                 skipped += 1
         return items, skipped
 
-    def loss(self, model: nn.Module, indices: list[int]):
-        feats = training_features(self.store, [self.items[i][0] for i in indices], self.generator,
+    def collate(self, indices: list[int], generator: torch.Generator) -> dict:
+        """The batch of ``indices`` on the CPU (in a DataLoader worker): features (augmented and
+        SpecAugmented with draws from ``generator``), CMVN, padding, CTC targets."""
+        feats = training_features(self.store, [self.items[i][0] for i in indices], generator,
                                   self.augmenter, self.speeds and [self.speeds[i] for i in indices])
         feats, lengths = pad_feats([self.cmvn(x) for x in feats])
-        targets, target_lengths = pad_tokens([self.items[i][1] for i in indices])
         f = self.cfg.features
         if f.spec_augment:
             feats = spec_augment(feats, lengths, freq_masks=f.freq_masks, freq_width=f.freq_width,
                                  time_masks=f.time_masks, time_width_ratio=f.time_width_ratio,
-                                 generator=self.generator)
+                                 generator=generator)
+        targets, target_lengths = pad_tokens([self.items[i][1] for i in indices])
+        batch = {"feats": feats, "feat_lengths": lengths, "targets": targets,
+                 "target_lengths": target_lengths}
+        if self.chars:
+            batch["chars"], batch["char_lengths"] = pad_tokens([self.items[i][2] for i in indices])
+        return batch
+
+    def loss(self, model: nn.Module, batch: dict):
+        feats, lengths = batch["feats"], batch["feat_lengths"]
+        targets, target_lengths = batch["targets"], batch["target_lengths"]
         if not self.chars:
             _, logits, out_lengths = model(feats, lengths)
             loss = ctc_loss(logits, out_lengths, targets, target_lengths)
         else:
             _, logits, out_lengths, char_logits = model(feats, lengths, with_chars=True)
-            chars, char_lengths = pad_tokens([self.items[i][2] for i in indices])
             w = self.cfg.compressor.char_weight
             loss = ((1 - w) * ctc_loss(logits, out_lengths, targets, target_lengths)
-                    + w * ctc_loss(char_logits, out_lengths, chars, char_lengths))
-        return loss, {"items": len(indices), "tokens": int(target_lengths.sum())}
+                    + w * ctc_loss(char_logits, out_lengths, batch["chars"], batch["char_lengths"]))
+        return loss, {"items": len(lengths), "tokens": int(target_lengths.sum())}
 
-    def save(self, folder: Path, model: nn.Module) -> None:
-        save_tensors(compressor_state(model, self.cmvn), folder / "model.safetensors")
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return compressor_state(model, self.cmvn)
+
+    def save(self, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+        save_tensors(tensors, folder / "model.safetensors")
         self.tokenizer.save(folder)
         if self.chars:
             (folder / "char_tokenizer.model").write_bytes(self.chars.model_proto)
@@ -145,9 +157,3 @@ class CTCTask:
         tensors = load_tensors(folder / "model.safetensors")
         model.load_state_dict(split_state(tensors, "compressor"))
         self.cmvn = CMVN.from_state_dict(split_state(tensors, "cmvn"))
-
-    def rng_state(self) -> dict[str, torch.Tensor]:
-        return {"spec_augment": self.generator.get_state()}
-
-    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["spec_augment"])

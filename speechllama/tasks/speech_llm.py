@@ -84,7 +84,6 @@ class SpeechLLMTask:
             cfg, self.store, [u.audio for u, _ in self.items])
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
                                            rank=rank, world_size=world_size)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
 
     def _usable(self, rows: list[Utterance], rank: int):
         items, skipped = [], 0
@@ -104,26 +103,36 @@ class SpeechLLMTask:
             raise ValueError(f"{self.cfg.data.train}: no usable training rows")
         return items
 
-    def loss(self, model: nn.Module, indices: list[int]):
+    def collate(self, indices: list[int], generator: torch.Generator) -> dict:
+        """The batch of ``indices`` on the CPU (in a DataLoader worker): features, CMVN,
+        padding, SpecAugment, prompts (some without the source language) and targets."""
         rows = [self.items[i] for i in indices]
-        feats = training_features(self.store, [u.audio for u, _ in rows], self.generator,
+        feats = training_features(self.store, [u.audio for u, _ in rows], generator,
                                   self.augmenter, self.speeds and [self.speeds[i] for i in indices])
         feats, lengths = pad_feats([self.cmvn(x) for x in feats])
         f = self.cfg.features
         if f.spec_augment:
             feats = spec_augment(feats, lengths, freq_masks=f.freq_masks, freq_width=f.freq_width,
                                  time_masks=f.time_masks, time_width_ratio=f.time_width_ratio,
-                                 generator=self.generator)
-        unnamed = torch.rand(len(rows), generator=self.generator) < self.cfg.speech_llm.unnamed_language_prob
+                                 generator=generator)
+        unnamed = torch.rand(len(rows), generator=generator) < self.cfg.speech_llm.unnamed_language_prob
         prompts = [self.prompter(u.task, None if drop else u.src_lang, u.tgt_lang)
                    for (u, _), drop in zip(rows, unnamed.tolist())]
-        targets = [t for _, t in rows]
-        loss = model(feats, lengths, [p[0] for p in prompts], [p[1] for p in prompts], targets)
-        return loss, {"items": len(rows), "tokens": sum(len(t) for t in targets)}
+        return {"feats": feats, "feat_lengths": lengths, "before": [p[0] for p in prompts],
+                "after": [p[1] for p in prompts], "targets": [t for _, t in rows]}
 
-    def save(self, folder: Path, model: nn.Module) -> None:
+    def loss(self, model: nn.Module, batch: dict):
+        targets = batch["targets"]
+        loss = model(batch["feats"], batch["feat_lengths"], batch["before"], batch["after"],
+                     targets)
+        return loss, {"items": len(targets), "tokens": sum(len(t) for t in targets)}
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         tensors = speech_llm_state(model)
         tensors.update({f"cmvn.{k}": v for k, v in self.cmvn.state_dict().items()})
+        return tensors
+
+    def save(self, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
         save_tensors(tensors, folder / "model.safetensors")
         self.ctc_tokenizer.save(folder)
 
@@ -131,9 +140,3 @@ class SpeechLLMTask:
         tensors = load_tensors(folder / "model.safetensors")
         load_speech_llm_weights(model, tensors)
         self.cmvn = CMVN.from_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("cmvn.")})
-
-    def rng_state(self) -> dict[str, torch.Tensor]:
-        return {"data": self.generator.get_state()}
-
-    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["data"])
