@@ -397,6 +397,8 @@ def _log(log, bar, step: int, loss: float, sched, grad_norm, elapsed: float, ite
     row = {"step": step, "loss": round(loss, 4), "lr": sched.get_last_lr()[0],
            "grad_norm": round(float(grad_norm), 3), "elapsed_s": round(elapsed, 1),
            "items_per_s": round(items / max(elapsed, 1e-9), 2)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # this rank's peak so far
+        row["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     bar.set_postfix(loss=row["loss"], utt_s=row["items_per_s"])
     log.write(json.dumps(row) + "\n")
     log.flush()

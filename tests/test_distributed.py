@@ -215,3 +215,39 @@ def test_activation_checkpointing_gives_identical_gradients(tmp_path):
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], msg=n)
     model.llm.gradient_checkpointing_disable()
+
+
+def test_dataloader_workers_give_the_same_run(stage1, tmp_path):
+    """Batches built in 2 worker processes (augmentation and SpecAugment drawn there) == built in
+    the training process: each batch's randomness is seeded by its position, not by who builds it."""
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        assert main(["train", "ctc", "--config", str(TINY), "--data", str(stage1 / "corpus"),
+                     "--out", str(out), "train.max_steps=8", "augment.prob=0.7",
+                     "features.spec_augment=true", f"data.num_workers={workers}"]) == 0
+        runs[workers] = _weights(out / "step-000008")
+    assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_eager_and_sdpa_attention_read_the_audio_mask_alike(tmp_path):
+    """llm.attn_implementation: eager and sdpa give the same loss with the custom 4-D audio mask,
+    for both masks, and the mask matters (a bidirectional audio block changes the loss)."""
+    from speechllama.models.build import build_compressor, build_speech_llm
+
+    llm = tiny_llm_folder(tmp_path / "llm", CORPUS_WORDS)
+    feats, lengths = torch.randn(2, 120, 80, generator=torch.Generator().manual_seed(1)), \
+        torch.tensor([120, 90])
+    losses = {}
+    for mask in ("non_causal", "causal"):
+        for attn in ("sdpa", "eager"):
+            cfg = load_config(TINY, [f"llm.path={llm}", f"llm.attn_implementation={attn}",
+                                     f"speech_llm.audio_mask={mask}"])
+            torch.manual_seed(0)
+            model, _ = build_speech_llm(cfg, build_compressor(cfg))
+            assert model.llm.config._attn_implementation == attn
+            with torch.no_grad():
+                losses[mask, attn] = model.eval()(feats, lengths, [[13], [13, 14]], [[15], [16]],
+                                                  [[3, 4, 2], [8, 2]])
+        torch.testing.assert_close(losses[mask, "sdpa"], losses[mask, "eager"])
+    assert not torch.allclose(losses["causal", "eager"], losses["non_causal", "eager"])
