@@ -124,24 +124,41 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_infer(args) -> int:
-    """translate / transcribe: one line per file; unreadable files are reported, the rest decoded."""
-    from .audio import AudioError
-    from .inference import Request, features_of, load
+    """translate / transcribe files of any length in ``--format``: text is one line per file
+    (``name<TAB>text`` for several); other formats print each file's body, after a ``==> name <==``
+    line when there are several. Unreadable files are reported, the rest decoded."""
+    from .audio import AudioError, load_audio
+    from .inference import Job, load
+    from .subtitles import render
 
     model = load(args.model, _decoding_options(args), device=args.device)
     task = "st" if args.command == "translate" else "asr"
     tgt = args.tgt_lang if task == "st" else (args.src_lang or "")
-    requests, names, failed = [], [], 0
+    jobs, failed = [], 0
     for name in args.files:
         try:
-            requests.append(Request(features_of(name), task, args.src_lang, tgt))
-            names.append(name)
+            jobs.append(Job(load_audio(name), task, args.src_lang, tgt,
+                            word_timestamps=args.format == "verbose_json", name=name))
         except AudioError as e:
             print(f"speechllama: error: {e}", file=sys.stderr)
             failed += 1
-    for name, text in zip(names, model.decode(requests)):
-        print(f"{name}\t{text}" if len(args.files) > 1 else text, flush=True)
+    several = len(args.files) > 1
+    for job, transcript in zip(jobs, model.run(jobs)):
+        body = render(transcript, args.format)
+        if args.format == "text":
+            print(f"{job.name}\t{body}" if several else body, flush=True)
+        else:  # srt and vtt end with a blank line already
+            print(f"==> {job.name} <==\n{body}" if several else body, flush=True,
+                  end="" if body.endswith("\n") else "\n")
     return 1 if failed else 0
+
+
+def cmd_export(args) -> int:
+    """A self-contained model folder; its path on stdout (progress on stderr)."""
+    from .export import export
+
+    print(export(args.model, args.out, merge_lora=args.merge_lora, peft_adapter=args.peft_adapter))
+    return 0
 
 
 def cmd_data_check(args) -> int:
@@ -329,8 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--src-lang", help="source language code (default: not named in the prompt)")
         if name == "translate":
             p.add_argument("--tgt-lang", default="en")
+        from .subtitles import FORMATS
+
+        p.add_argument("--format", default="text", choices=FORMATS,
+                       help="text (default: the text, one line per file) | json | verbose_json "
+                            "(timed segments, and words for transcripts) | srt | vtt (subtitles); "
+                            "files of any length are cut into segments at pauses")
         _add_decoding_args(p)
         p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("export", help="a self-contained model folder (the LLM included) that "
+                       "load() and serve use without the training run or the LLM cache")
+    p.add_argument("--model", required=True, help="stage-2 checkpoint, run or model folder")
+    p.add_argument("--out", required=True, help="the new folder (must not exist, or be empty)")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="merge the LoRA into the LLM's weights (peft merge_and_unload)")
+    p.add_argument("--peft-adapter", action="store_true",
+                   help="also write OUT/adapter: the LoRA as a peft adapter on the unmerged "
+                        "OUT/llm (not with --merge-lora)")
+    p.set_defaults(func=cmd_export)
+
     return parser
 
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from .checkpoint import latest_checkpoint
-from .pipeline import STAGE1, STAGE2, Timings, _train, export_model
+from .export import export_model
+from .pipeline import STAGE1, STAGE2, Timings, _train
 
 # name -> stage-2 overrides; every system gets the same data, steps and wall-time cap
 SYSTEMS = {

@@ -17,6 +17,8 @@ from .decode import DecodingOptions, token_budget
 from .device import resolve_device
 from .models.build import SpeechLLMBundle, load_speech_llm
 from .models.prompt import Prompter, stop_ids
+from .segment import (SAMPLES_PER_FRAME, Span, compressor_log_probs, pause_labels, seconds,
+                      segment_wave)
 
 AudioLike = str | os.PathLike | np.ndarray
 
@@ -35,6 +37,63 @@ class Request:
     tgt_lang: str
 
 
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One whole file to decode (any length; long ones are cut into segments)."""
+
+    wave: np.ndarray  # (N,) float32 samples, 16 kHz mono
+    task: str = "asr"  # "asr" or "st"
+    src_lang: str | None = None  # None: the prompt does not name the source language
+    tgt_lang: str | None = None  # of the text; None: src_lang for "asr" ("" if none), "en" for "st"
+    word_timestamps: bool = True  # align words ("asr" only; Transcript.words)
+    name: str = "<array>"  # names the job in errors (a file name, an upload)
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int  # 0, 1, ... in time order
+    start: float  # seconds from the start of the file
+    end: float  # seconds; segments cover the file in order without overlap
+    text: str  # "" for silence (every greedy CTC label a pause: not decoded) or no output
+
+
+@dataclass(frozen=True)
+class Word:
+    """Where the compressor fires the word's CTC labels (they are peaky: a label lasts a frame or
+    two), so a word's span can be shorter than its sound; +-40 ms (one frame)."""
+
+    start: float  # seconds from the start of the file, inside its segment
+    end: float  # one frame after its last label
+    word: str  # a whitespace-separated token of the segment's text
+
+
+@dataclass
+class Transcript:
+    """A decoded file. ``words`` is None when word times are not available: translations (their
+    words have no CTC labels), ``Job.word_timestamps=False``, a model without a CTC compressor and
+    its labels, or a transcript the labels cannot spell (a character or token they lack) or that no
+    CTC path fits; [] for an empty transcript."""
+
+    task: str  # "asr" or "st"
+    language: str  # of ``text``: the source language for "asr", the target for "st" ("" unknown)
+    duration: float  # seconds
+    text: str  # the segments' texts joined by single spaces
+    segments: list[Segment]
+    words: list[Word] | None
+
+
+def target_lang(job: Job) -> str:
+    """The language a job's text is in (``Job.tgt_lang`` resolved)."""
+    if job.tgt_lang is not None:
+        return job.tgt_lang
+    return (job.src_lang or "") if job.task == "asr" else "en"
+
+
+def wave_of(audio: AudioLike) -> np.ndarray:
+    """Path -> load_audio; an array is checked and taken as 16 kHz mono float samples."""
+    return validate_wave(audio, SAMPLE_RATE) if isinstance(audio, np.ndarray) else load_audio(audio)
+
+
 def features_of(audio: AudioLike) -> torch.Tensor:
     """Path -> load_audio -> fbank; an array is taken as 16 kHz mono float samples."""
     if isinstance(audio, np.ndarray):
@@ -44,6 +103,10 @@ def features_of(audio: AudioLike) -> torch.Tensor:
 
 class SpeechToText:
     """A trained Speech-LLaMA model ready to decode; batches requests by length."""
+
+    # the longest segment of a long file, seconds; None: the model's data.max_seconds, the longest
+    # clip it was trained on (docs/design.md "Long audio: segments cut at pauses")
+    max_segment_s: float | None = None
 
     def __init__(self, bundle: SpeechLLMBundle, options: DecodingOptions = DecodingOptions(),
                  max_frames: int = 16000):
@@ -66,20 +129,85 @@ class SpeechToText:
         return options
 
     def translate(self, audio: AudioLike | Sequence[AudioLike], src_lang: str | None = None,
-                  tgt_lang: str = "en", options: DecodingOptions | None = None):
-        """Speech -> text in ``tgt_lang``; one audio gives a str, a list gives a list."""
-        return self._run(audio, "st", src_lang, tgt_lang, options)
+                  tgt_lang: str = "en", options: DecodingOptions | None = None,
+                  return_segments: bool = False):
+        """Speech (any length) -> text in ``tgt_lang``; one audio gives a str, a list gives a list;
+        ``return_segments``: a :class:`Transcript` (with its timed segments) instead of a str."""
+        return self._run(audio, "st", src_lang, tgt_lang, options, return_segments)
 
     def transcribe(self, audio: AudioLike | Sequence[AudioLike], src_lang: str | None = None,
-                   options: DecodingOptions | None = None):
-        """Speech -> text in its own language."""
-        return self._run(audio, "asr", src_lang, src_lang or "", options)
+                   options: DecodingOptions | None = None, return_segments: bool = False):
+        """Speech (any length) -> text in its own language; ``return_segments``: a
+        :class:`Transcript` with timed segments and words (where the CTC labels allow them)."""
+        return self._run(audio, "asr", src_lang, src_lang or "", options, return_segments)
 
-    def _run(self, audio, task, src_lang, tgt_lang, options):
+    def _run(self, audio, task, src_lang, tgt_lang, options, return_segments):
         single = isinstance(audio, (str, os.PathLike, np.ndarray))
         items = [audio] if single else list(audio)
-        out = self.decode([Request(features_of(a), task, src_lang, tgt_lang) for a in items], options)
+        jobs = [Job(wave_of(a), task, src_lang, tgt_lang, return_segments,
+                    "<array>" if isinstance(a, np.ndarray) else str(a)) for a in items]
+        out = self.run(jobs, options)
+        out = out if return_segments else [t.text for t in out]
         return out[0] if single else out
+
+    def run(self, jobs: Sequence[Job], options: DecodingOptions | None = None) -> list[Transcript]:
+        """Decode whole files of any length: each job is cut into segments at pauses
+        (:mod:`speechllama.segment`), the segments of all jobs go through :meth:`decode` together
+        (length-bucketed batches of at most ``max_frames``: decoding memory stays bounded; a
+        10-minute file's features are 19 MB) and are stitched per job. A job's result does not
+        depend on the other jobs of the call (its segments are found from its own audio alone)."""
+        plans = [self._segments(job) for job in jobs]  # per job: wave (N,), spans, feats (T_i, 80)
+        requests = [Request(f, job.task, job.src_lang, target_lang(job))
+                    for job, (_, spans, feats) in zip(jobs, plans)
+                    for span, f in zip(spans, feats) if not span.silent]
+        texts = iter(self.decode(requests, options) if requests else [])
+        out = []
+        for job, (wave, spans, feats) in zip(jobs, plans):
+            said = ["" if s.silent else next(texts) for s in spans]
+            segments = [Segment(i, seconds(s.start), seconds(s.end), t)
+                        for i, (s, t) in enumerate(zip(spans, said))]
+            words = self._words(spans, feats, said) \
+                if job.task == "asr" and job.word_timestamps else None
+            out.append(Transcript(job.task, target_lang(job), seconds(len(wave)),
+                                  " ".join(t for t in said if t), segments, words))
+        return out
+
+    @torch.inference_mode()
+    def _segments(self, job: Job) -> tuple[np.ndarray, list[Span], list[torch.Tensor]]:
+        """A job's checked wave, its segments and their fbank features (T_i, 80)."""
+        if job.task not in ("asr", "st"):
+            raise ValueError(f"{job.name}: task must be 'asr' or 'st', got {job.task!r}")
+        wave = validate_wave(job.wave, SAMPLE_RATE, str(job.name))
+        trained_s = self.bundle.config.data.max_seconds
+        spans = segment_wave(wave, getattr(self.bundle.model, "compressor", None), self.bundle.cmvn,
+                             self.max_segment_s or trained_s, trained_s,
+                             pause_labels(self.bundle.ctc_tokenizer))
+        return wave, spans, [fbank(wave[s.start : s.end]) for s in spans]
+
+    @torch.inference_mode()
+    def _words(self, spans: list[Span], feats: list[torch.Tensor], texts: list[str],
+               ) -> list[Word] | None:
+        """Word times of a transcript: each segment's text force-aligned to its compressor's CTC
+        log-probs (:mod:`speechllama.align`); None where that is not possible (Transcript)."""
+        from .align import word_frames
+
+        compressor = getattr(self.bundle.model, "compressor", None)
+        if compressor is None or self.bundle.ctc_tokenizer is None:
+            return None
+        device = next(compressor.parameters()).device
+        words = []
+        for span, f, text in zip(spans, feats, texts):
+            if not text:
+                continue
+            log_probs = compressor_log_probs(compressor, self.bundle.cmvn(f.to(device)))  # (F, V)
+            found = word_frames(self.bundle.ctc_tokenizer, text, log_probs)
+            if found is None:
+                return None
+            end = seconds(span.end)
+            words += [Word(min(seconds(span.start + a * SAMPLES_PER_FRAME), end),
+                           min(seconds(span.start + b * SAMPLES_PER_FRAME), end), w)
+                      for w, a, b in found]
+        return words
 
     @torch.inference_mode()
     def decode(self, requests: Sequence[Request], options: DecodingOptions | None = None) -> list[str]:

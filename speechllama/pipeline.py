@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from .checkpoint import latest_checkpoint, read_json
-from .config import load_config, save_config
-from .text import LLM_TOKENS_FILE, SENTENCEPIECE_FILE
+from .config import load_config
+from .export import export_model
 
 # Demo settings: sized so the whole demo, installation and the zero-audio control included, fits
 # 15 minutes on 2 cores (docs/design.md, "The demo's budget"). Steps and minutes are both set: the
@@ -103,30 +104,6 @@ def _finished(run_dir: Path) -> bool:
     return last is not None and bool(read_json(last / "trainer.json").get("final"))
 
 
-def export_model(checkpoint: Path, out: Path) -> Path:
-    """Copy what inference needs (weights, config, CTC tokenizer) out of a training checkpoint;
-    nothing to do when ``out`` already holds this checkpoint."""
-    source = out / "source.txt"
-    if source.exists() and source.read_text() == str(checkpoint.resolve()):
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("model.safetensors", "config.yaml", SENTENCEPIECE_FILE, LLM_TOKENS_FILE):
-        if (checkpoint / name).exists():  # one of the two CTC label files
-            shutil.copy2(checkpoint / name, tmp / name)
-    cfg = load_config(tmp / "config.yaml")
-    if cfg.llm.init == "scratch" or cfg.speech_llm.system == "encoder_decoder":
-        # the model carries its own LLM or tokenizer folder
-        shutil.copytree(cfg.llm.path, tmp / "llm")
-        cfg.llm.path = "llm"  # relative to the model folder
-        save_config(cfg, tmp / "config.yaml")
-    (tmp / "source.txt").write_text(str(checkpoint.resolve()))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
-
-
 def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool = True,
              overrides: list[str] = ()) -> Path:
     """Build, train, evaluate; returns the path of report.md.
@@ -144,6 +121,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool
     _corpus(t, data, load_config(None, corpus).corpus)
     heldout = {name: data / f"heldout-{name}.jsonl" for name in HELDOUT if (data / f"heldout-{name}.jsonl").exists()}
     args = ["--data", str(data)]
+    if torch.cuda.is_available() and procs > torch.cuda.device_count():
+        procs = torch.cuda.device_count()  # ranks of a GPU run: one per GPU (NCCL)
     t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", args + STAGE1 + overrides, procs)
     last_ctc = latest_checkpoint(out / "ctc") / "model.safetensors"
     ctc = {}
