@@ -223,7 +223,8 @@ def load_speech_llm(path: str | Path, check_hash: bool = True,
         # LLM-token labels are read with the stage-2 LLM's tokenizer; the piece prior needs them,
         # the compressor's own transcript and joint CTC/LLM decoding use them when they are there
         try:
-            ctc_tokenizer = load_ctc_tokenizer(folder, label_llm_path(cfg, folder))
+            labels = label_llm_path(cfg, folder) if cfg.compressor.labels == "llm_tokens" else None
+            ctc_tokenizer = load_ctc_tokenizer(folder, labels)
         except (FileNotFoundError, ValueError) as e:
             if cfg.speech_llm.piece_prior:
                 raise CheckpointError(str(e)) from None
