@@ -102,12 +102,11 @@ def parallelize(model: nn.Module, tc: TrainConfig, device: torch.device, world: 
     model.to(device)
     if tc.activation_checkpointing:
         llm = getattr(model, "llm", None)
-        if llm is None or not hasattr(llm, "gradient_checkpointing_enable"):
+        if llm is None or not hasattr(llm, "activation_checkpointing_enable"):
             raise ValueError("train.activation_checkpointing: this model has no LLM layers to "
                              "checkpoint (stage 1 trains a small compressor: leave it off)")
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(llm, "enable_input_require_grads"):
-            llm.config.use_cache = False
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        llm.config.use_cache = False
     if tc.parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

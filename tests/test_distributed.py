@@ -192,7 +192,7 @@ def test_grad_accum_equals_one_large_batch(tmp_path):
 def test_activation_checkpointing_gives_identical_gradients(tmp_path):
     from speechllama.config import load_config as load
     from speechllama.models.build import build_compressor, build_speech_llm
-    from speechllama.train import parallelize
+    from speechllama.train import llm_layers, parallelize
 
     cfg = load(TINY, [f"llm.path={tiny_llm_folder(tmp_path / 'llm', CORPUS_WORDS)}",
                       "llm.lora_rank=2"])
@@ -206,15 +206,18 @@ def test_activation_checkpointing_gives_identical_gradients(tmp_path):
         cfg.train.activation_checkpointing = checkpointing
         model = parallelize(model, cfg.train, torch.device("cpu"), 1)
         model.train()
+        calls = []  # forward calls inside the first LLM layer: again in backward when checkpointed
+        llm_layers(model)[0].input_layernorm.register_forward_hook(lambda *_: calls.append(1))
         torch.manual_seed(1)
         feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])
         loss = model(feats, lengths, [[13], [13, 14]], [[15], [16]], [[3, 4, 2], [8, 2]])
         loss.backward()
+        assert len(calls) == (2 if checkpointing else 1)
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and any("lora" in n for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], msg=n)
-    model.llm.gradient_checkpointing_disable()
+    model.llm.activation_checkpointing_disable()
 
 
 def test_dataloader_workers_give_the_same_run(stage1, tmp_path):
