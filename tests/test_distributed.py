@@ -124,10 +124,12 @@ def test_fsdp_two_ranks_equal_one_process_resume_exactly_and_load_in_one_process
     assert model.device == torch.device("cpu")
 
 
-def test_fsdp_bf16_keeps_the_frozen_base_bf16_and_trainable_weights_fp32(stage1, tmp_path):
+def test_fsdp_bf16_with_checkpointing_and_accumulation_trains_fp32_weights(stage1, tmp_path):
+    """FSDP2's bf16 policy with activation checkpointing and 2 micro-batches (no sync on the
+    first) on 2 ranks: it runs, and the saved trainable weights are fp32."""
     run = tmp_path / "bf16"
-    _torchrun(_stage2(stage1, run, "train.parallel=fsdp", "train.bf16=true",
-                      "train.max_steps=2"))
+    _torchrun(_stage2(stage1, run, "train.parallel=fsdp", "train.bf16=true", "train.max_steps=2",
+                      "train.activation_checkpointing=true", "train.grad_accum=2"))
     w = _weights(run / "step-000002")
     assert all(v.dtype == torch.float32 for k, v in w.items() if k.startswith(("llm.", "encoder.")))
     assert all(torch.isfinite(torch.tensor(_losses(run))))
