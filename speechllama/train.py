@@ -276,6 +276,10 @@ def _restore_trainer(task: Task, folder: Path, model: nn.Module, opt, sched, wor
     tensors = ckpt.load_tensors(folder / "trainer.safetensors")
     meta = ckpt.read_json(folder / "trainer.json")
     optim = ckpt.optimizer_from_files(tensors, meta["optimizer"])
+    if any(str(k).isdigit() for k in optim["state"]):
+        raise ckpt.CheckpointError(
+            f"{folder}: written by an older speechllama (optimizer state by position, not by "
+            f"parameter name): its weights load, but training cannot resume from it")
     if optim["state"]:  # a checkpoint written before the first optimizer step has none
         set_optimizer_state_dict(model, opt, optim,
                                  options=StateDictOptions(full_state_dict=True))
