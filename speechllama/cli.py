@@ -15,6 +15,7 @@ from .config import ConfigError, load_config
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
+    _any_order(p)  # `train ctc --data D train.max_steps=9 --out R` as well
     p.add_argument("--config", help="YAML experiment config (default: built-in defaults)")
     p.add_argument("--data", help="corpus folder holding train.jsonl and dev.jsonl "
                    "(sets data.train and data.dev)")
@@ -240,6 +241,16 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Parameters, memory per GPU and FLOP per step of a config, without reading weights."""
+    from .plan import format_plan, make_plan
+
+    cfg = load_config(args.config, args.overrides)
+    print(format_plan(make_plan(cfg, args.config, args.gpus, args.gpu_memory, args.parallel,
+                                args.seconds, args.compression_ratio)))
+    return 0
+
+
 def _print_result(result) -> None:
     if result is not None:
         print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
@@ -257,6 +268,12 @@ class _AnyOrderParser(argparse.ArgumentParser):
             return self.parse_known_intermixed_args(args, namespace)
         finally:
             self._inner = False
+
+
+def _any_order(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let a leaf subcommand take its options and overrides in any order."""
+    p.__class__ = _AnyOrderParser
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,6 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
                                  "or a local Hugging Face folder of a supported family "
                                  "(default: gemma3-270m)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="parameters, memory per GPU and FLOP per step of a stage-2 "
+                       "config, and whether it fits, before the run (no weights read; docs/scale.md)")
+    _any_order(p)  # `plan CONFIG --gpus 8 train.bf16=true` as well
+    p.add_argument("config", help="YAML experiment config")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs in all (torchrun's world size)")
+    p.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB",
+                   help="memory of each GPU in GiB (default 80)")
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], help="default: train.parallel")
+    p.add_argument("--seconds", type=float, help="length of every row (default: data.max_seconds)")
+    p.add_argument("--compression-ratio", type=float, metavar="R",
+                   help="subsampled frames per audio vector (default: measured on the demo "
+                        "corpus for the config's CTC labels and compression)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. train.activation_checkpointing=true")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("evaluate", help="evaluate a model on a manifest (BLEU/chrF, WER/CER)")
     p.add_argument("what", nargs="?", choices=["ctc"],

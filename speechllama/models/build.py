@@ -85,6 +85,17 @@ def label_llm_path(cfg: ExperimentConfig, base: Path | None = None) -> Path:
     return resolve_llm(cfg.compressor.label_llm or cfg.llm.path, base)
 
 
+def build_audio_encoder(cfg: ExperimentConfig, hidden: int, prior: torch.Tensor | None = None,
+                        out_rms: float = 0.0):
+    """The audio encoder of ``speech_llm.*`` into an LLM of width ``hidden`` (``prior``: the piece
+    prior's label embeddings; ``out_rms`` > 0: RMS-normalised output at that scale)."""
+    from .audio_encoder import AudioEncoder
+
+    s = cfg.speech_llm
+    return AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads, s.encoder_layers,
+                        s.encoder_ff, s.dropout, hidden, prior, out_rms)
+
+
 def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None,
                      ctc_tokenizer: CTCTokenizer | LLMTokenCTCTokenizer | None = None,
                      frozen_dtype: torch.dtype = torch.float32,
@@ -94,7 +105,7 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     ``frozen_dtype``: the dtype of a frozen pretrained LLM's weights (bf16 for bf16 training
     halves their memory; LoRA stays float32; bench/bench_frozen_dtype.py). ``vocab_ids``: the
     restricted output vocabulary (``speech_llm.output_vocab=targets``; a pretrained LLM only)."""
-    from .audio_encoder import AudioEncoder, embedding_rms, piece_embeddings
+    from .audio_encoder import embedding_rms, piece_embeddings
     from .llm import load_llm
     from .llm_family import embed_scale
     from .speech_llm import OutputVocab, SpeechLLM
@@ -115,9 +126,7 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     out_rms = 0.0
     if s.match_embedding_scale or s.piece_prior:  # the RMS of the LLM's token embeddings
         out_rms = embedding_rms(llm.get_input_embeddings(), scale)
-    encoder = AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads,
-                           s.encoder_layers, s.encoder_ff, s.dropout, llm.config.hidden_size, prior,
-                           out_rms)
+    encoder = build_audio_encoder(cfg, llm.config.hidden_size, prior, out_rms)
     vocab = None
     if vocab_ids is not None and l.init == "pretrained" and s.output_vocab == "targets":
         vocab = OutputVocab(vocab_ids, llm.get_output_embeddings().weight.shape[0])

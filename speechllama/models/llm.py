@@ -45,9 +45,8 @@ def weights_hash(path: str | os.PathLike) -> str:
     changed within the last ``HASH_SETTLE_S`` seconds are not cached (a coarse mtime could hide a rewrite).
     """
     path = Path(path)
+    require_weights(path)
     files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{path}: no *.safetensors files to hash")
     stats = {f.name: os.stat(f) for f in files}
     key = {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}
     cache_file = path / HASH_CACHE_NAME
@@ -69,6 +68,15 @@ def weights_hash(path: str | os.PathLike) -> str:
     if settled:
         _write_json_atomic(cache_file, {"files": key, "sha256": digest})
     return digest
+
+
+def require_weights(path: Path) -> None:
+    """A FileNotFoundError unless the folder holds ``*.safetensors`` weights (a shape-only folder,
+    config.json alone, such as configs/llama-7b, serves ``speechllama plan`` and nothing else)."""
+    if not any(Path(path).glob("*.safetensors")):
+        what = "config.json only, " if (Path(path) / "config.json").is_file() else ""
+        raise FileNotFoundError(f"{path}: no weights ({what}no *.safetensors files): "
+                                f"it can be planned (speechllama plan), not trained or loaded")
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -114,6 +122,7 @@ def load_llm(
         raise ValueError(f"lora_rank must be >= 0, got {lora_rank}")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     family_of(config)  # an unsupported architecture fails here, in one line naming its model_type
+    require_weights(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
@@ -130,28 +139,64 @@ def load_llm(
         if lora_rank:
             raise ValueError("a fully trained LLM takes no LoRA: set llm.lora_rank=0")
         return model, tokenizer
-    model.requires_grad_(False)
-    if lora_rank > 0:
-        from peft import LoraConfig, get_peft_model
+    return add_lora(model, lora_rank, lora_alpha, lora_targets, lora_dropout, where=str(path)), tokenizer
 
-        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        missing = [t for t in lora_targets if t not in names]
-        if missing:
-            raise ValueError(f"{path}: llm.lora_targets {missing} are not modules of this "
-                             f"{config.model_type} model (its family uses "
-                             f"{list(family_of(config).lora_targets)})")
-        lora = LoraConfig(
-            r=lora_rank,
-            lora_alpha=lora_rank if lora_alpha is None else lora_alpha,
-            target_modules=list(lora_targets),
-            lora_dropout=lora_dropout,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        with warnings.catch_warnings():  # peft 0.21 still asks transformers 5 for `is_gradient_checkpointing`
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(model, lora)
-    return model, tokenizer
+
+def add_lora(
+    model: nn.Module,
+    lora_rank: int = 2,
+    lora_alpha: float | None = None,
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    lora_dropout: float = 0.0,
+    where: str = "",
+) -> nn.Module:
+    """Freeze ``model`` and, if ``lora_rank > 0``, wrap it with peft LoRA on ``lora_targets``
+    (:func:`load_llm`; ``where`` names the model in errors)."""
+    config = model.config
+    model.requires_grad_(False)
+    if lora_rank <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in lora_targets if t not in names]
+    if missing:
+        raise ValueError(f"{where or config.model_type}: llm.lora_targets {missing} are not "
+                         f"modules of this {config.model_type} model (its family uses "
+                         f"{list(family_of(config).lora_targets)})")
+    lora = LoraConfig(
+        r=lora_rank,
+        lora_alpha=lora_rank if lora_alpha is None else lora_alpha,
+        target_modules=list(lora_targets),
+        lora_dropout=lora_dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():  # peft 0.21 still asks transformers 5 for `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
+
+
+def llm_from_config(
+    config,
+    lora_rank: int = 2,
+    lora_alpha: float | None = None,
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    dtype: torch.dtype = torch.float32,
+    train_base: bool = False,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """The model :func:`load_llm` builds, from a transformers ``config`` alone, with every tensor on
+    the meta device (shapes and dtypes, no memory, no file read: ``speechllama plan``)."""
+    from transformers import AutoModelForCausalLM
+
+    family_of(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                 attn_implementation=attn_implementation)
+        if train_base:
+            return model
+        return add_lora(model, lora_rank, lora_alpha, lora_targets)
 
 
 def _stable_name(name: str) -> str:
