@@ -34,7 +34,6 @@ import httpx
 import numpy as np
 import psutil
 import soundfile as sf
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000

@@ -96,3 +96,22 @@ def tiny_llm_folder(path: Path, words=LLM_WORDS, hidden=32, layers=2, heads=4, k
 CORPUS_WORDS = ["<unk>", "<s>", "</s>", "eins", "zwei", "drei", "vier", "fünf",
                 "EINS", "ZWEI", "DREI", "VIER", "FÜNF",
                 "German:", "English:", "transcript:", "Speech:", "Transcript:"]
+
+
+def train_two_stages(root: Path, ctc_steps: int, s2_steps: int) -> tuple[Path, Path, Path]:
+    """(corpus, stage-2 run, tiny LLM folder) after training both stages on TWO_UTTERANCES
+    through the real CLI (SpecAugment off, stage-2 lr 0.01, LoRA rank 4)."""
+    from speechllama.cli import main
+
+    corpus = root / "corpus"
+    write_corpus(corpus, TWO_UTTERANCES, "train")
+    write_corpus(corpus, TWO_UTTERANCES, "dev")
+    llm = tiny_llm_folder(root / "llm", CORPUS_WORDS)
+    common = ["--config", str(TINY), "--data", str(corpus)]
+    assert main(["train", "ctc", *common, "--out", str(root / "ctc"), f"train.max_steps={ctc_steps}",
+                 "features.spec_augment=false"]) == 0
+    assert main(["train", "speech-llm", *common, "--out", str(root / "s2"), "--compressor",
+                 str(root / "ctc"), "--llm", str(llm), f"train.max_steps={s2_steps}",
+                 "features.spec_augment=false", "train.lr=0.01", "llm.lora_rank=4"]) == 0
+    return corpus, root / "s2", llm
+

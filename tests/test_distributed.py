@@ -28,7 +28,7 @@ S2 = ["data.max_frames=130", "train.log_every=1", "train.max_steps=6",
 def stage1(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     write_corpus(root / "corpus", TWO_UTTERANCES, "train")
-    llm = tiny_llm_folder(root / "llm", CORPUS_WORDS)
+    tiny_llm_folder(root / "llm", CORPUS_WORDS)
     assert main(["train", "ctc", "--config", str(TINY), "--data", str(root / "corpus"), "--out",
                  str(root / "ctc"), "train.max_steps=20"]) == 0
     return root

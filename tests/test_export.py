@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, write_corpus
+from conftest import CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, train_two_stages
 from safetensors.torch import load_file
 
 from speechllama import load
@@ -25,17 +25,8 @@ def trained(tmp_path_factory):
     """(root, stage-2 run, tiny LLM folder): both stages trained briefly (quality irrelevant; the
     LoRA only has to be non-zero)."""
     root = tmp_path_factory.mktemp("export")
-    corpus = root / "corpus"
-    write_corpus(corpus, TWO_UTTERANCES, "train")
-    write_corpus(corpus, TWO_UTTERANCES, "dev")
-    llm = tiny_llm_folder(root / "llm", CORPUS_WORDS)
-    common = ["--config", str(TINY), "--data", str(corpus)]
-    assert main(["train", "ctc", *common, "--out", str(root / "ctc"), "train.max_steps=60",
-                 "features.spec_augment=false"]) == 0
-    assert main(["train", "speech-llm", *common, "--out", str(root / "s2"), "--compressor",
-                 str(root / "ctc"), "--llm", str(llm), "train.max_steps=60",
-                 "features.spec_augment=false", "train.lr=0.01", "llm.lora_rank=4"]) == 0
-    return root, root / "s2", llm
+    _, run, llm = train_two_stages(root, 60, 60)
+    return root, run, llm
 
 
 def waves(root):

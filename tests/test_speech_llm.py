@@ -20,20 +20,9 @@ from speechllama.models.build import load_speech_llm
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(corpus folder, stage-2 run folder, tiny LLM folder) after training both stages."""
-    from conftest import write_corpus
+    from conftest import train_two_stages
 
-    root = tmp_path_factory.mktemp("stage2")
-    corpus = root / "corpus"
-    write_corpus(corpus, TWO_UTTERANCES, "train")
-    write_corpus(corpus, TWO_UTTERANCES, "dev")
-    llm = tiny_llm_folder(root / "llm", CORPUS_WORDS)
-    common = ["--config", str(TINY), "--data", str(corpus)]
-    assert main(["train", "ctc", *common, "--out", str(root / "ctc"), "train.max_steps=150",
-                 "features.spec_augment=false"]) == 0
-    assert main(["train", "speech-llm", *common, "--out", str(root / "s2"), "--compressor",
-                 str(root / "ctc"), "--llm", str(llm), "train.max_steps=250",
-                 "features.spec_augment=false", "train.lr=0.01", "llm.lora_rank=4"]) == 0
-    return corpus, root / "s2", llm
+    return train_two_stages(tmp_path_factory.mktemp("stage2"), 150, 250)
 
 
 def test_overfits_two_utterances_in_both_tasks(trained):
