@@ -199,7 +199,8 @@ class SpeechToText:
         for span, f, text in zip(spans, feats, texts):
             if not text:
                 continue
-            log_probs = compressor_log_probs(compressor, self.bundle.cmvn(f.to(device)))  # (F, V)
+            f = torch.as_tensor(f, device=device)  # the segment's fbank, on the model's device
+            log_probs = compressor_log_probs(compressor, self.bundle.cmvn(f))  # (F, V)
             found = word_frames(self.bundle.ctc_tokenizer, text, log_probs)
             if found is None:
                 return None

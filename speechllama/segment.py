@@ -147,7 +147,7 @@ def segment_wave(wave: np.ndarray, compressor, cmvn, max_segment_s: float, windo
     pause = torch.zeros(covered, dtype=torch.bool)  # no compressor: no pause known
     if compressor is not None:
         device = next(compressor.parameters()).device
-        feats = cmvn(fbank(torch.from_numpy(wave).to(device)))  # (T, 80)
+        feats = cmvn(fbank(torch.as_tensor(wave, device=device)))  # (T, 80)
         labels = greedy_labels(compressor, feats, window)  # (F,), F <= covered
         pause[: labels.shape[0]] = torch.isin(labels, torch.tensor(list(pauses)))
         pause[labels.shape[0] :] = True  # the last < 2 frames: no label, taken as a pause
