@@ -115,3 +115,19 @@ def train_two_stages(root: Path, ctc_steps: int, s2_steps: int) -> tuple[Path, P
                  "features.spec_augment=false", "train.lr=0.01", "llm.lora_rank=4"]) == 0
     return corpus, root / "s2", llm
 
+
+def train_on_another_llms_labels(corpus: Path, label_llm: Path, out: Path, ctc_steps: int) -> Path:
+    """A compressor whose CTC labels are ``label_llm``'s tokens, then 2 stage-2 steps (piece prior
+    on) on a different tiny LLM; returns the stage-2 run folder."""
+    from speechllama.cli import main
+
+    other = tiny_llm_folder(out / "other-llm", CORPUS_WORDS[::-1])
+    common = ["--config", str(TINY), "--data", str(corpus)]
+    assert main(["train", "ctc", *common, "--out", str(out / "ctc"), f"train.max_steps={ctc_steps}",
+                 "features.spec_augment=false", "compressor.labels=llm_tokens",
+                 f"compressor.label_llm={label_llm}"]) == 0
+    assert main(["train", "speech-llm", *common, "--llm", str(other), "--out", str(out / "s2"),
+                 "--compressor", str(out / "ctc"), "train.max_steps=2",
+                 "speech_llm.piece_prior=true"]) == 0
+    return out / "s2"
+

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, train_two_stages
+from conftest import (CORPUS_WORDS, TINY, TWO_UTTERANCES, train_on_another_llms_labels,
+                      train_two_stages)
 from safetensors.torch import load_file
 
 from speechllama import load
@@ -160,21 +161,14 @@ def test_llm_token_labels_of_another_llm_travel_with_the_export(trained, tmp_pat
     from speechllama.checkpoint import latest_checkpoint
 
     root, _, label_llm = trained
-    other = tiny_llm_folder(tmp_path / "other-llm", CORPUS_WORDS[::-1])
-    common = ["--config", str(TINY), "--data", str(root / "corpus")]
-    assert main(["train", "ctc", *common, "--out", str(tmp_path / "ctc"), "train.max_steps=10",
-                 "features.spec_augment=false", "compressor.labels=llm_tokens",
-                 f"compressor.label_llm={label_llm}"]) == 0
-    assert main(["train", "speech-llm", *common, "--llm", str(other), "--out", str(tmp_path / "s2"),
-                 "--compressor", str(tmp_path / "ctc"), "train.max_steps=2",
-                 "speech_llm.piece_prior=true"]) == 0
-    checkpoint = load(latest_checkpoint(tmp_path / "s2"), dtype=torch.float32)
+    run = train_on_another_llms_labels(root / "corpus", label_llm, tmp_path, ctc_steps=10)
+    checkpoint = load(latest_checkpoint(run), dtype=torch.float32)
     expected = checkpoint.transcribe(waves(root), src_lang="de"), logits_of(checkpoint, waves(root)[0])
     out = tmp_path / "export"
     assert main(["export", "--model", str(tmp_path / "s2"), "--out", str(out), "--merge-lora"]) == 0
     assert "label_llm: label_llm" in (out / "config.yaml").read_text()
     assert not list((out / "label_llm").glob("*.safetensors"))
-    with moved(label_llm, other):
+    with moved(label_llm, tmp_path / "other-llm"):
         model = load(out, dtype=torch.float32)
         assert model.bundle.ctc_tokenizer.llm_ids == checkpoint.bundle.ctc_tokenizer.llm_ids
         assert model.transcribe(waves(root), src_lang="de") == expected[0]

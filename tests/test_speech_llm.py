@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, tone_sequence
+from conftest import (CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, tone_sequence,
+                      train_on_another_llms_labels)
 
 from speechllama import load
 from speechllama.checkpoint import CheckpointError
@@ -254,15 +255,8 @@ def test_labels_of_another_llm_map_into_the_stage2_llm_by_text(trained, tmp_path
     from speechllama.pipeline import export_model
 
     corpus, _, label_llm = trained
-    other = tiny_llm_folder(tmp_path / "other-llm", CORPUS_WORDS[::-1])
-    common = ["--config", str(TINY), "--data", str(corpus)]
-    assert main(["train", "ctc", *common, "--out", str(tmp_path / "ctc"), "train.max_steps=20",
-                 "features.spec_augment=false", "compressor.labels=llm_tokens",
-                 f"compressor.label_llm={label_llm}"]) == 0
-    assert main(["train", "speech-llm", *common, "--llm", str(other), "--out", str(tmp_path / "s2"),
-                 "--compressor", str(tmp_path / "ctc"), "train.max_steps=2",
-                 "speech_llm.piece_prior=true"]) == 0
-    bundle = load_speech_llm(latest_checkpoint(tmp_path / "s2"))
+    run = train_on_another_llms_labels(corpus, label_llm, tmp_path, ctc_steps=20)
+    bundle = load_speech_llm(latest_checkpoint(run))
     labels = bundle.ctc_tokenizer
     words = labels.llm_tokenizer.convert_ids_to_tokens(labels.llm_ids)
     ids = bundle.tokenizer.convert_tokens_to_ids(words)  # the same words in the other vocabulary
