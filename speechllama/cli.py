@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True)
     p = data.add_parser("demo", help="the demo corpus: Fillets lines + num2words numbers in espeak-ng, "
                         "Kokoro-82M and human voices, with the held-out sets")
+    _any_order(p)
     p.add_argument("out")
     p.add_argument("--config", help="YAML config whose corpus section is used (default: built-in)")
     p.add_argument("--workers", type=int, default=2)
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("demo", help="the default demo end to end (corpus, training, report)")
+    _any_order(p)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--procs", type=int, default=2,
                    help="stage-1 training processes (torchrun ranks); stage 2 runs as one process")
@@ -329,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("experiment", help="reproduce the paper's comparisons").add_subparsers(
         dest="experiment_command", required=True)
     p = ex.add_parser("paper", help="all systems and ablations, one table (resumable)")
+    _any_order(p)
     p.add_argument("--data", required=True, help="corpus folder (train/dev/test.jsonl); test on it")
     p.add_argument("--extra-train", nargs="*", default=[], metavar="DIR",
                    help="more corpora whose train.jsonl joins the training data")
