@@ -126,10 +126,11 @@ def main() -> None:
               f"peak GPU memory {r['gpu_peak_gb']} GiB (run {r['wall_s']:.0f} s)")
         plan = subprocess.run([sys.executable, "-m", "speechllama", "plan", str(TINY), "--gpus",
                                "1", "--gpu-memory", str(args.gpu_memory), "--parallel", parallel,
+                               "--seconds", "1",  # the tone corpus's longest rows
                                f"llm.path={llm}", "train.bf16=true", "data.max_frames=2000"],
                               capture_output=True, text=True)
         print(f"  plan's estimate ({parallel}):\n    "
-              + "\n    ".join((plan.stdout or plan.stderr).strip().splitlines()[-12:]))
+              + "\n    ".join((plan.stdout or plan.stderr).strip().splitlines()[-5:]))
     print(f"decode (CLI, incl. load): {decode_s:.1f} s -> {out.stdout.strip()!r}")
 
 
