@@ -95,10 +95,8 @@ def wave_of(audio: AudioLike) -> np.ndarray:
 
 
 def features_of(audio: AudioLike) -> torch.Tensor:
-    """Path -> load_audio -> fbank; an array is taken as 16 kHz mono float samples."""
-    if isinstance(audio, np.ndarray):
-        return fbank(validate_wave(audio, SAMPLE_RATE))
-    return fbank(load_audio(audio))
+    """Path or 16 kHz array (:func:`wave_of`) -> fbank (T, 80)."""
+    return fbank(wave_of(audio))
 
 
 class SpeechToText:

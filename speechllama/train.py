@@ -111,8 +111,7 @@ def parallelize(model: nn.Module, tc: TrainConfig, device: torch.device, world: 
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        if world > 1 or not dist.is_initialized():
-            _init_single_process_group(world)
+        _init_single_process_group()  # torchrun's group, or one of this process alone
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if tc.bf16 else None,
                                       reduce_dtype=torch.float32)
@@ -126,7 +125,7 @@ def parallelize(model: nn.Module, tc: TrainConfig, device: torch.device, world: 
     return model
 
 
-def _init_single_process_group(world: int) -> None:
+def _init_single_process_group() -> None:
     """FSDP2 needs a process group even in one process (``train.parallel=fsdp`` without
     torchrun): a gloo/nccl group of one on a free local port."""
     if dist.is_initialized():
@@ -138,8 +137,7 @@ def _init_single_process_group(world: int) -> None:
         port = s.getsockname()[1]
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(port))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0,
-                            world_size=max(1, world))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
 
 
 def _no_grad_sync(wrapped: nn.Module, tc: TrainConfig, sync: bool):
@@ -168,27 +166,28 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class _Batches(Dataset):
-    """Batch ``key`` -> ``task.collate`` of its indices, in a DataLoader worker (or the main
-    process with data.num_workers=0). The randomness of a batch (augmentation, SpecAugment, the
-    unnamed-language prompts) comes from a generator seeded by its global position in the run,
-    so it is the same for any number of workers, ranks (at the same global batch) and resumes."""
+    """Batch ``key`` -> (the sampler position after it, ``task.collate`` of its indices), in a
+    DataLoader worker (or the main process with data.num_workers=0). The randomness of a batch
+    (augmentation, SpecAugment, the unnamed-language prompts) comes from a generator seeded by its
+    global position in the run, so it is the same for any number of workers, ranks (at the same
+    global batch) and resumes."""
 
     def __init__(self, task: Task, seed: int):
         self.task, self.seed = task, seed
 
     def __getitem__(self, key):
-        epoch, number, indices = key
+        epoch, number, indices, after = key
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + number)
-        return self.task.collate(indices, g)
+        return after, self.task.collate(indices, g)
 
     def __len__(self):  # an endless stream; never asked for by a DataLoader with a sampler
         raise TypeError("an endless stream of batches")
 
 
 class _Keys:
-    """(epoch, global batch number, indices) from the sampler's position onwards, and the
-    position after each: what a checkpoint records is what the loop has consumed, not what
-    workers have prefetched."""
+    """(epoch, global batch number, indices, sampler position after it) from the sampler's
+    position onwards: what a checkpoint records is what the loop has consumed, not what workers
+    have prefetched."""
 
     def __init__(self, sampler, rank: int, world: int):
         self.sampler, self.rank, self.world = sampler, rank, world
@@ -199,7 +198,9 @@ class _Keys:
         while True:
             batches = self.sampler.batches(epoch)
             while index < len(batches):
-                yield epoch, index * self.world + self.rank, batches[index]
+                after = {"epoch": epoch, "index": index + 1} if index + 1 < len(batches) \
+                    else {"epoch": epoch + 1, "index": 0}
+                yield epoch, index * self.world + self.rank, batches[index], after
                 index += 1
             epoch, index = epoch + 1, 0
 
@@ -207,22 +208,14 @@ class _Keys:
 def _loader(task: Task, cfg: ExperimentConfig, device: torch.device, rank: int, world: int):
     """Endless (position after the batch, batch) pairs; batches built in data.num_workers worker
     processes (forked: they share the feature cache) and pinned for a GPU."""
-    keys = _Keys(task.sampler, rank, world)
     workers = cfg.data.num_workers
-    loader = DataLoader(_Batches(task, cfg.train.seed), batch_size=None, sampler=keys,
-                        num_workers=workers, pin_memory=device.type == "cuda",
-                        worker_init_fn=_one_thread if workers else None,
-                        multiprocessing_context="fork" if workers else None,
-                        prefetch_factor=2 if workers else None, persistent_workers=False,
-                        generator=torch.Generator())  # its base seed must not draw the global RNG
-    n = len(task.sampler.batches(keys.state["epoch"]))
-    epoch, index = keys.state["epoch"], keys.state["index"]
-    for batch in loader:
-        index += 1
-        if index >= n:  # the next batch opens the next epoch
-            epoch, index = epoch + 1, 0
-            n = len(task.sampler.batches(epoch))
-        yield {"epoch": epoch, "index": index}, batch
+    return iter(DataLoader(_Batches(task, cfg.train.seed), batch_size=None,
+                           sampler=_Keys(task.sampler, rank, world), num_workers=workers,
+                           pin_memory=device.type == "cuda",
+                           worker_init_fn=_one_thread if workers else None,
+                           multiprocessing_context="fork" if workers else None,
+                           prefetch_factor=2 if workers else None, persistent_workers=False,
+                           generator=torch.Generator()))  # its base seed: not from the global RNG
 
 
 def _one_thread(_worker: int) -> None:
