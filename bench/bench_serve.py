@@ -37,7 +37,6 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
-DTYPE = "float32"  # `speechllama serve`'s default weights dtype; offline loads the same
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--load-requests", type=int, default=200)
     p.add_argument("--long-minutes", type=float, default=10.0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="the frozen LLM's weights, served and offline alike (serve's default: float32)")
     return p.parse_args(argv)
 
 
@@ -96,7 +97,7 @@ def manifest_setup(model: str, manifest: str, n: int):
 class Server:
     """``speechllama serve`` in a subprocess on a free port; ``url``, ``rss_mb()``."""
 
-    def __init__(self, model: Path, threads: int, device: str, max_batch: int):
+    def __init__(self, model: Path, threads: int, device: str, max_batch: int, dtype: str):
         import socket
 
         with socket.socket() as s:
@@ -106,7 +107,7 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "speechllama", "serve", "--model", str(model), "--port", str(self.port),
-             "--device", device, "--max-batch", str(max_batch), "--dtype", DTYPE],
+             "--device", device, "--max-batch", str(max_batch), "--dtype", dtype],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def __enter__(self):
@@ -185,8 +186,8 @@ def served_rows(server: Server, args, files, uploads, durations, reference) -> l
 def batching_gain(model_dir, args, files, uploads, durations, rounds: int = 3) -> tuple[float, float]:
     """Median throughput at 16 clients of a server with --max-batch 16 and one with --max-batch 1,
     both up at once and measured in alternation (a shared machine's load drifts)."""
-    with Server(model_dir, args.threads, args.device, 16) as batched, \
-            Server(model_dir, args.threads, args.device, 1) as single:
+    with Server(model_dir, args.threads, args.device, 16, args.dtype) as batched, \
+            Server(model_dir, args.threads, args.device, 1, args.dtype) as single:
         out = {batched.url: [], single.url: []}
         for server in (batched, single):
             hammer(server.url, files, uploads, 16, 16)  # warm-up
@@ -252,13 +253,13 @@ def main(argv=None) -> None:
         model_dir, files, make_long = manifest_setup(args.model, args.data, args.files)
     else:
         model_dir, files, make_long = tiny_setup(workdir, args.files)
-    model = load(model_dir, device=args.device, dtype=getattr(torch, DTYPE))  # as served
+    model = load(model_dir, device=args.device, dtype=getattr(torch, args.dtype))  # as served
     uploads = [Path(p).read_bytes() for p, _ in files]
     durations = [sf.info(p).duration for p, _ in files]
     reference, seconds = offline_one_by_one(model, files)
     rows = ["| setting | audio s per s | p50 ms | p95 ms | equal to offline |", "|---|---|---|---|---|",
             row("offline, one by one", sum(durations), sum(seconds), seconds, "-")]
-    with Server(model_dir, args.threads, args.device, 16) as server:
+    with Server(model_dir, args.threads, args.device, 16, args.dtype) as server:
         rows += served_rows(server, args, files, uploads, durations, reference)
         load_line = load_test(server, args, files, uploads, reference)
         long_rows = long_form(server, model, make_long(60 * args.long_minutes), files[0][1])
