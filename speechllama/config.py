@@ -53,9 +53,15 @@ class AugmentConfig:
 
 @dataclass
 class CompressorConfig:
-    """CTC compressor: 2 stride-2 Conv2D (4x subsampling, 40 ms a frame) + Transformer encoder."""
+    """CTC compressor: an acoustic backbone + Transformer layers + CTC head(s)."""
 
-    conv_channels: int = 32  # sized for the 2-core demo; configs/paper.yaml has a larger model
+    # scratch: the paper's 2 stride-2 Conv2D on Kaldi fbank (4x subsampling, 40 ms a frame), all
+    # trained | whisper-base: the pretrained Whisper-base encoder (from PyPI wheels) on Whisper's
+    # log-mel, 20 ms a frame, frozen below its top backbone_trainable_layers (models/backbones.py)
+    backbone: str = "scratch"
+    backbone_trainable_layers: int = 0  # whisper-base: its top layers trained with the CTC layers
+    backbone_stack: int = 1  # whisper-base: frames stacked before the CTC layers (1: 50/s, 2: 25/s)
+    conv_channels: int = 32  # scratch backbone; sized for the 2-core demo; configs/paper.yaml has a larger model
     d_model: int = 192
     n_heads: int = 4
     n_layers: int = 4
@@ -174,8 +180,12 @@ class CorpusConfig:
 class DataConfig:
     train: str = ""  # training manifest (JSONL)
     dev: str = ""  # dev manifest; empty = no validation
-    max_frames: int = 3000  # cap on padded fbank frames per batch (batch size x longest row)
+    max_frames: int = 3000  # cap on padded feature frames per batch (batch size x longest row;
+    #                       fbank: 100 a second, whisper-base features: 50)
     max_seconds: float = 20.0  # longer utterances are skipped (counted) in training
+    # train on a seeded sample of the training recordings of at most this many hours (both stages
+    # draw the same sample, so they share one feature cache); 0 = every recording
+    max_hours: float = 0.0
     # DataLoader worker processes that build batches (augmentation, fbank, padding) while the
     # model trains; 0 = in the training process. Batches are pinned for CUDA.
     num_workers: int = 0
@@ -219,6 +229,7 @@ class ExperimentConfig:
 
 CHOICES = {  # string fields with a closed set of values
     "compressor.labels": ("llm_tokens", "sentencepiece", "chars"),
+    "compressor.backbone": ("scratch", "whisper-base"),
     "speech_llm.compression": ("average", "remove_blank", "none"),
     "speech_llm.audio_mask": ("non_causal", "causal"),
     "speech_llm.asr_target": ("verbatim", "normalized"),

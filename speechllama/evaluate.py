@@ -35,7 +35,7 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
 
 @torch.inference_mode()
 def ctc_outputs(bundle: CompressorBundle, feats: list[torch.Tensor], max_frames: int = 20000):
-    """Greedy CTC text and compression statistics for a list of (T, 80) fbank matrices."""
+    """Greedy CTC text and compression statistics for a list of (T, D) feature matrices."""
     sampler = LengthBucketSampler([f.shape[0] for f in feats], max(max_frames, max(f.shape[0] for f in feats)),
                                   shuffle=False)
     texts: list[str] = [""] * len(feats)
@@ -60,10 +60,11 @@ def evaluate_ctc(checkpoint: str | Path, manifest: str | Path, progress: bool = 
     The compression ratio of an utterance is its 4x-subsampled length divided by the number of
     vectors ``ctc_compress`` keeps; the report gives the mean over utterances.
     """
-    from .tasks.ctc import recordings
+    from .data.features import BackboneFeatures
+    from .tasks.ctc import manifest_recordings
 
     bundle = load_compressor(checkpoint)
-    recs, store = recordings(manifest, progress=progress)
+    recs, store = manifest_recordings(manifest, BackboneFeatures(bundle.model.backbone), progress)
     if not recs:
         raise ValueError(f"{manifest}: no rows with a source transcript (src_text) to evaluate")
     texts, ratios = ctc_outputs(bundle, [store.get(r[0]) for r in recs])
@@ -169,14 +170,17 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     Writes ``OUT.hyp.jsonl``, ``OUT.json`` and ``OUT.md`` when ``out`` is given.
     """
     from .data import read_manifest
-    from .data.features import load_features
+    from .data.features import BackboneFeatures, FbankExtractor, load_features
     from .inference import Request, SpeechToText, load
     from .tasks.ctc import feature_cache_path
 
     model: SpeechToText = load(checkpoint, device=device) if options is None \
         else load(checkpoint, options, device=device)
     utts = first_per_group(read_manifest(manifest), per_group)
-    store = load_features([u.audio for u in utts], feature_cache_path(manifest))
+    extractor = BackboneFeatures(model.compressor.backbone) if model.compressor is not None \
+        else FbankExtractor()
+    store = load_features([u.audio for u in utts], feature_cache_path(manifest, extractor.key),
+                          extractor=extractor)
     utts = [u for u in utts if u.audio in store]
     requests = [Request(store.get(u.audio), u.task, u.src_lang, u.tgt_lang) for u in utts]
     start = time.time()
@@ -184,7 +188,7 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     seconds = time.time() - start
     rows = [{"id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
              "ref": u.tgt_text, "hyp": h} for u, h in zip(utts, hyps)]
-    audio_s = sum(r.feats.shape[0] for r in requests) / 100
+    audio_s = sum(r.feats.shape[0] for r in requests) / model.feature_rate
     report = {"checkpoint": str(model.bundle.path), "manifest": str(manifest),
               "decoding": dataclasses.asdict(model.options),
               "rtfx": audio_s / max(seconds, 1e-9), "skipped_audio": store.errors,

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, fbank, load_audio, validate_wave
+from .audio import SAMPLE_RATE, load_audio, validate_wave
 from .data.batching import LengthBucketSampler, pad_feats
 from .decode import DecodingOptions, token_budget
 from .device import resolve_device
 from .models.build import SpeechLLMBundle, load_speech_llm
 from .models.prompt import Prompter, stop_ids
-from .segment import (SAMPLES_PER_FRAME, Span, compressor_log_probs, pause_labels, seconds,
-                      segment_wave)
+from .segment import Span, compressor_log_probs, pause_labels, seconds, segment_wave
 
 AudioLike = str | os.PathLike | np.ndarray
 
@@ -29,9 +28,9 @@ DEFAULT_CTC_WEIGHT = 0.5
 
 @dataclass(frozen=True)
 class Request:
-    """One decoding request: fbank features and the instruction to follow."""
+    """One decoding request: features and the instruction to follow."""
 
-    feats: torch.Tensor  # (T, 80) raw (un-normalised) fbank
+    feats: torch.Tensor  # (T, D) raw (un-normalised) features of the model's backbone (features_of)
     task: str  # "asr" or "st"
     src_lang: str | None  # None: the prompt does not name the source language
     tgt_lang: str
@@ -94,9 +93,18 @@ def wave_of(audio: AudioLike) -> np.ndarray:
     return validate_wave(audio, SAMPLE_RATE) if isinstance(audio, np.ndarray) else load_audio(audio)
 
 
-def features_of(audio: AudioLike) -> torch.Tensor:
-    """Path or 16 kHz array (:func:`wave_of`) -> fbank (T, 80)."""
-    return fbank(wave_of(audio))
+def features_of(audio: AudioLike, model: SpeechToText | None = None) -> torch.Tensor:
+    """Path or 16 kHz array (:func:`wave_of`) -> the features ``model`` reads (T, D): its CTC
+    compressor backbone's (fbank or Whisper encoder states); fbank (T, 80) without a model."""
+    wave = wave_of(audio)
+    return model.features([wave])[0] if model is not None else fbank_features([wave])[0]
+
+
+def fbank_features(waves) -> list[torch.Tensor]:
+    """Kaldi fbank (T, 80) of each wave: the features of a model without a CTC compressor."""
+    from .audio import fbank
+
+    return [fbank(w) for w in waves]
 
 
 class SpeechToText:
@@ -111,6 +119,9 @@ class SpeechToText:
         self.bundle, self.max_frames = bundle, max_frames
         self.device = next(bundle.model.parameters()).device  # load() placed the model
         self.ctc_map, self.no_joint = joint_ctc_map(bundle)
+        self.compressor = getattr(bundle.model, "compressor", None)  # the encoder-decoder has none
+        self.features = self.compressor.features if self.compressor is not None else fbank_features
+        self.feature_rate = self.compressor.feature_rate if self.compressor is not None else 100
         self.options = self.resolve(options)
         self.prompter = Prompter(bundle.tokenizer, bundle.config.llm.system_prompt)
 
@@ -154,7 +165,7 @@ class SpeechToText:
         (length-bucketed batches of at most ``max_frames``: decoding memory stays bounded; a
         10-minute file's features are 19 MB) and are stitched per job. A job's result does not
         depend on the other jobs of the call (its segments are found from its own audio alone)."""
-        plans = [self._segments(job) for job in jobs]  # per job: wave (N,), spans, feats (T_i, 80)
+        plans = [self._segments(job) for job in jobs]  # per job: wave (N,), spans, feats (T_i, D)
         requests = [Request(f, job.task, job.src_lang, target_lang(job))
                     for job, (_, spans, feats) in zip(jobs, plans)
                     for span, f in zip(spans, feats) if not span.silent]
@@ -172,15 +183,15 @@ class SpeechToText:
 
     @torch.inference_mode()
     def _segments(self, job: Job) -> tuple[np.ndarray, list[Span], list[torch.Tensor]]:
-        """A job's checked wave, its segments and their fbank features (T_i, 80)."""
+        """A job's checked wave, its segments and their features (T_i, D)."""
         if job.task not in ("asr", "st"):
             raise ValueError(f"{job.name}: task must be 'asr' or 'st', got {job.task!r}")
         wave = validate_wave(job.wave, SAMPLE_RATE, str(job.name))
         trained_s = self.bundle.config.data.max_seconds
-        spans = segment_wave(wave, getattr(self.bundle.model, "compressor", None), self.bundle.cmvn,
+        spans = segment_wave(wave, self.compressor, self.bundle.cmvn,
                              self.max_segment_s or trained_s, trained_s,
                              pause_labels(self.bundle.ctc_tokenizer))
-        return wave, spans, [fbank(wave[s.start : s.end]) for s in spans]
+        return wave, spans, self.features([wave[s.start : s.end] for s in spans])
 
     @torch.inference_mode()
     def _words(self, spans: list[Span], feats: list[torch.Tensor], texts: list[str],
@@ -189,22 +200,23 @@ class SpeechToText:
         log-probs (:mod:`speechllama.align`); None where that is not possible (Transcript)."""
         from .align import word_frames
 
-        compressor = getattr(self.bundle.model, "compressor", None)
+        compressor = self.compressor
         if compressor is None or self.bundle.ctc_tokenizer is None:
             return None
+        samples = compressor.frame_samples
         device = next(compressor.parameters()).device
         words = []
         for span, f, text in zip(spans, feats, texts):
             if not text:
                 continue
-            f = torch.as_tensor(f, device=device)  # the segment's fbank, on the model's device
+            f = torch.as_tensor(f, device=device)  # the segment's features, on the model's device
             log_probs = compressor_log_probs(compressor, self.bundle.cmvn(f))  # (F, V)
             found = word_frames(self.bundle.ctc_tokenizer, text, log_probs)
             if found is None:
                 return None
             end = seconds(span.end)
-            words += [Word(min(seconds(span.start + a * SAMPLES_PER_FRAME), end),
-                           min(seconds(span.start + b * SAMPLES_PER_FRAME), end), w)
+            words += [Word(min(seconds(span.start + a * samples), end),
+                           min(seconds(span.start + b * samples), end), w)
                       for w, a, b in found]
         return words
 
@@ -227,7 +239,7 @@ class SpeechToText:
                 reqs = [requests[group[k]] for k in batch]
                 feats, lengths = pad_feats([self.bundle.cmvn(r.feats) for r in reqs], self.device)
                 prompts = [self.prompter(r.task, r.src_lang, r.tgt_lang) for r in reqs]
-                budget = token_budget(lengths.float() / 100, options)  # 100 fbank frames per second
+                budget = token_budget(lengths.float() / self.feature_rate, options)  # seconds
                 extra = {"ctc_map": ctc_map} if ctc_map is not None else {}
                 ids = self.bundle.model.generate(feats, lengths, [p[0] for p in prompts],
                                                  [p[1] for p in prompts], eos, options, budget, **extra)

@@ -1,6 +1,6 @@
 """Long audio -> segments cut at pauses, found from the CTC compressor's blank runs.
 
-The compressor labels every 40 ms frame; its greedy label is the blank (id 0) in silence and
+The compressor labels every frame (40 ms for the paper's conv front end, 20 or 40 ms on Whisper); its greedy label is the blank (id 0) in silence and
 between spoken labels, so a long run of blanks is a pause. A label that spells only a word
 boundary (the sentencepiece "▁" of character labels) counts as a pause too: it needs no sound, and
 a compressor may repeat it through a silence (the tiny test models do). The compressor was
@@ -11,7 +11,8 @@ in the middle of the longest pause inside the allowed range (at least MIN_SEGMEN
 end); only where that range has no pause frame at all is the cut a hard one at the bound.
 docs/design.md, "Long audio: segments cut at pauses".
 
-Shape legend: T fbank frames (10 ms), F compressor frames (40 ms), W windows, V CTC labels.
+Shape legend: T feature frames (the compressor backbone's: fbank 10 ms, Whisper 20 ms), F compressor
+frames (``compressor.frame_samples``), W windows, V CTC labels.
 """
 
 from __future__ import annotations
@@ -23,13 +24,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, fbank
-from .models.ctc_compressor import subsampled_lengths
+from .audio import SAMPLE_RATE
 from .text import BLANK
 
-FRAME_SECONDS = 0.04  # one compressor frame: 4 fbank frames of 10 ms after the 4x subsampling
-SAMPLES_PER_FRAME = 640  # samples in FRAME_SECONDS at 16 kHz
-MARGIN = 100  # fbank frames (1 s) of context a window sees on each side of the labels it keeps
+MARGIN_S = 1.0  # seconds of context a window sees on each side of the labels it keeps
 MIN_SEGMENT_S = 1.0  # no pause cut leaves a segment shorter than this (a whole file may be)
 
 
@@ -81,7 +79,7 @@ def cut_frames(pause: torch.Tensor, max_frames: int, min_frames: int) -> list[tu
 
 @torch.no_grad()
 def compressor_log_probs(compressor, feats: torch.Tensor) -> torch.Tensor:
-    """CMVN-normalised feats (T, 80) -> the compressor's CTC log-probs (F, V), float32."""
+    """CMVN-normalised feats (T, D) -> the compressor's CTC log-probs (F, V), float32."""
     lengths = torch.tensor([feats.shape[0]], device=feats.device)
     _, logits, frames = compressor(feats[None], lengths)  # (1, F, V)
     return logits[0, : int(frames[0])].float().log_softmax(-1)
@@ -90,30 +88,38 @@ def compressor_log_probs(compressor, feats: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def greedy_labels(compressor, feats: torch.Tensor, window: int,
                   batch_frames: int = 16000) -> torch.Tensor:
-    """CMVN-normalised feats (T, 80) -> greedy CTC labels (F,) on the CPU, labelled in windows of
-    ``window`` fbank frames (a multiple of 4) that overlap by 2 * MARGIN; each frame's label comes
-    from the window where it has at least MARGIN frames of context (the file's ends excepted)."""
-    t, step = feats.shape[0], window - 2 * MARGIN
-    total = int(subsampled_lengths(torch.tensor(t)))
+    """CMVN-normalised feats (T, D) -> greedy CTC labels (F,) on the CPU, labelled in windows of
+    ``window`` feature frames (a multiple of the compressor's stride) that overlap by 2 margins of
+    MARGIN_S; each frame's label comes from the window where it has at least a margin of context
+    (the file's ends excepted)."""
+    per, margin = compressor.stride, margin_frames(compressor)
+    t, step = feats.shape[0], window - 2 * margin
+    total = int(compressor.backbone.out_lengths(torch.tensor(t)))
     starts = [0]
     while starts[-1] + window < t:
         starts.append(starts[-1] + step)
-    # window i keeps global frames [keep[i], keep[i + 1]); its local frame k is global a_i / 4 + k
-    keep = [0] + [(a + MARGIN) // 4 for a in starts[1:]] + [total]
+    # window i keeps global frames [keep[i], keep[i + 1]); its local frame k is global a_i / per + k
+    keep = [0] + [(a + margin) // per for a in starts[1:]] + [total]
     labels = torch.zeros(total, dtype=torch.long)
     per_batch = max(1, batch_frames // window)
     for b in range(0, len(starts), per_batch):
         chunk = starts[b : b + per_batch]
-        x = feats.new_zeros(len(chunk), window, feats.shape[1])  # (W, window, 80) zero-padded
+        x = feats.new_zeros(len(chunk), window, feats.shape[1])  # (W, window, D) zero-padded
         lengths = torch.tensor([min(window, t - a) for a in chunk], device=feats.device)
         for i, a in enumerate(chunk):
             x[i, : int(lengths[i])] = feats[a : a + window]
-        _, logits, _ = compressor(x, lengths)  # (W, window / 4, V)
-        best = logits.argmax(-1).cpu()  # (W, window / 4)
+        _, logits, _ = compressor(x, lengths)  # (W, window / per, V)
+        best = logits.argmax(-1).cpu()  # (W, window / per)
         for i, a in enumerate(chunk):
             lo, hi = keep[b + i], keep[b + i + 1]
-            labels[lo:hi] = best[i, lo - a // 4 : hi - a // 4]
+            labels[lo:hi] = best[i, lo - a // per : hi - a // per]
     return labels
+
+
+def margin_frames(compressor) -> int:
+    """MARGIN_S in the compressor's feature frames, a multiple of its stride."""
+    per = compressor.stride
+    return per * int(round(MARGIN_S * compressor.feature_rate / per))
 
 
 @lru_cache(maxsize=8)
@@ -126,33 +132,36 @@ def pause_labels(ctc_tokenizer) -> tuple[int, ...]:
 
 
 def segment_wave(wave: np.ndarray, compressor, cmvn, max_segment_s: float, window_s: float,
-                 pauses: Sequence[int] = (BLANK,)) -> list[Span]:
+                 pauses: Sequence[int] = (BLANK,), frame_samples: int = 640) -> list[Span]:
     """A 16 kHz wave (N,) -> its segments in order, covering it without overlap, each at most
     ``max_segment_s`` long. ``window_s``: the longest clip the compressor was trained on;
     ``pauses``: the labels that mark a pause (:func:`pause_labels`). A wave no longer than
     ``max_segment_s`` is one segment (the compressor does not run); ``compressor`` None (a model
-    without one): hard cuts every ``max_segment_s``."""
+    without one): hard cuts every ``max_segment_s`` (frames of ``frame_samples``)."""
     n = wave.shape[0]
-    max_frames = int(round(max_segment_s / FRAME_SECONDS, 6))
-    window = 4 * (int(round(window_s * 100, 6)) // 4)  # fbank frames, a multiple of 4
+    samples = compressor.frame_samples if compressor is not None else frame_samples
+    frame_s = samples / SAMPLE_RATE
+    max_frames = int(round(max_segment_s / frame_s, 6))
     if not max_segment_s >= 2 * MIN_SEGMENT_S:
         raise ValueError(f"max_segment_s must be at least {2 * MIN_SEGMENT_S:g} s, "
                          f"got {max_segment_s}")
-    if window <= 2 * MARGIN + 4:
-        raise ValueError(f"data.max_seconds={window_s}: too short a window to label long audio "
-                         f"in (at least {(2 * MARGIN + 8) / 100:g} s)")
-    if n <= max_frames * SAMPLES_PER_FRAME:
+    if compressor is not None:  # feature frames, a multiple of the stride
+        per, margin = compressor.stride, margin_frames(compressor)
+        window = per * (int(round(window_s * compressor.feature_rate, 6)) // per)
+        if window <= 2 * margin + per:
+            raise ValueError(f"data.max_seconds={window_s}: too short a window to label long "
+                             f"audio in (at least {(2 * margin + 2 * per) / compressor.feature_rate:g} s)")
+    if n <= max_frames * samples:
         return [Span(0, n)]
-    covered = -(-n // SAMPLES_PER_FRAME)  # frames that cover every sample
+    covered = -(-n // samples)  # frames that cover every sample
     pause = torch.zeros(covered, dtype=torch.bool)  # no compressor: no pause known
     if compressor is not None:
-        device = next(compressor.parameters()).device
-        feats = cmvn(fbank(torch.as_tensor(wave, device=device)))  # (T, 80)
-        labels = greedy_labels(compressor, feats, window)  # (F,), F <= covered
+        feats = cmvn(compressor.features([wave])[0].to(next(compressor.parameters()).device))  # (T, D)
+        labels = greedy_labels(compressor, feats, window)[:covered]  # (F,), F <= covered
         pause[: labels.shape[0]] = torch.isin(labels, torch.tensor(list(pauses)))
-        pause[labels.shape[0] :] = True  # the last < 2 frames: no label, taken as a pause
-    min_frames = int(MIN_SEGMENT_S / FRAME_SECONDS)
-    return [Span(a * SAMPLES_PER_FRAME, min(b * SAMPLES_PER_FRAME, n),
+        pause[labels.shape[0] :] = True  # the last frames without a label: taken as a pause
+    min_frames = int(MIN_SEGMENT_S / frame_s)
+    return [Span(a * samples, min(b * samples, n),
                  compressor is not None and bool(pause[a:b].all()))
             for a, b in cut_frames(pause, max_frames, min_frames)]
 

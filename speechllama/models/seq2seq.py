@@ -20,7 +20,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..decode import DecodingOptions, generate
-from .ctc_compressor import Conv2dSubsampling, subsampled_lengths
+from .backbones import Conv2dSubsampling
 from .speech_llm import assemble, next_token_loss
 from .transformer import TransformerStack, sinusoids
 
@@ -125,8 +125,7 @@ class EncoderDecoder(nn.Module):
 
     def encode_audio(self, feats, lengths):
         """feats (B, T, 80) -> memory (B, S, D), valid (B, S)."""
-        x = self.subsample(feats)  # (B, T, F) -> (B, S, C)
-        n = subsampled_lengths(lengths).clamp(max=x.shape[1])
+        x, n = self.subsample(feats, lengths)  # (B, T, F) -> (B, S, C)
         hidden = self.encoder(x, n)  # (B, S, C)
         valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < n[:, None]
         return self.proj(hidden), valid  # (B, S, D)

@@ -14,32 +14,61 @@ from ..checkpoint import load_tensors, save_tensors
 from ..config import ExperimentConfig
 from ..data import read_manifest
 from ..data.batching import LengthBucketSampler, pad_feats, pad_tokens
-from ..data.features import FeatureStore, load_features, training_features
-from ..models.build import build_compressor, compressor_state, label_llm_path, split_state
-from ..models.ctc_compressor import ctc_loss, min_input_frames, subsampled_lengths
+from ..data.features import (BackboneFeatures, FeatureStore, load_features, sample_hours,
+                             training_features)
+from ..models.build import (build_compressor, compressor_state, feature_extractor, label_llm_path,
+                            split_state)
+from ..models.ctc_compressor import ctc_loss
 from ..text import CTCTokenizer, LLMTokenCTCTokenizer, load_ctc_tokenizer
 from ..train import rank0_first
 
 
-def feature_cache_path(manifest: str | Path) -> Path:
+def feature_cache_path(manifest: str | Path, key: str = "fbank") -> Path:
+    """Where a manifest's features of kind ``key`` (the extractor's) are cached."""
     manifest = Path(manifest)
-    return manifest.parent / ".fbank" / f"{manifest.stem}.safetensors"
+    name = f"{manifest.stem}.safetensors" if key == "fbank" else f"{manifest.stem}.{key}.safetensors"
+    return manifest.parent / ".fbank" / name
 
 
-def recordings(manifest: str | Path, progress: bool = True):
-    """Distinct recordings of a manifest with a source transcript: [(audio, src_text, src_lang)],
-    plus their features. Rows sharing an audio file (ST + ASR of one recording) count once."""
+def training_audio(cfg: ExperimentConfig, manifest: str | Path | None = None) -> set[str]:
+    """The audio files of the training manifest that training uses: all, or the seeded sample of
+    ``data.max_hours`` (the same for both stages)."""
+    paths = [u.audio for u in read_manifest(manifest or cfg.data.train)]
+    return set(sample_hours(paths, cfg.data.max_hours, cfg.train.seed))
+
+
+def manifest_recordings(manifest: str | Path, extractor, progress: bool = True,
+                        keep: set[str] | None = None):
+    """Distinct recordings of a manifest with a source transcript: [(audio, src_text, src_lang)]
+    (only those in ``keep`` when given), plus their features by ``extractor`` (cached beside the
+    manifest; computed by rank 0 first under torchrun). Rows sharing an audio file (ST + ASR of
+    one recording) count once."""
     seen: dict[str, tuple[str, str, str]] = {}
     for u in read_manifest(manifest):
-        if u.src_text and u.audio not in seen:
+        if u.src_text and u.audio not in seen and (keep is None or u.audio in keep):
             seen[u.audio] = (u.audio, u.src_text, u.src_lang)
     recs = sorted(seen.values())
-    store = rank0_first(load_features, [r[0] for r in recs], feature_cache_path(manifest),
-                        progress=progress)
+    store = rank0_first(load_features, [r[0] for r in recs],
+                        feature_cache_path(manifest, extractor.key), progress=progress,
+                        extractor=extractor)
     if store.errors:
         print(f"{manifest}: skipped {len(store.errors)} unreadable audio file(s), e.g. "
               f"{store.errors[0]}", file=sys.stderr)
     return [r for r in recs if r[0] in store], store
+
+
+def recordings(cfg: ExperimentConfig, progress: bool = True, extractor=None):
+    """:func:`manifest_recordings` of the training manifest (its ``data.max_hours`` sample) with
+    the features of ``compressor.backbone``."""
+    extractor = extractor or rank0_first(feature_extractor, cfg)
+    return manifest_recordings(cfg.data.train, extractor, progress, training_audio(cfg))
+
+
+def training_features_store(cfg: ExperimentConfig, paths: list[str], extractor,
+                            progress: bool = True) -> FeatureStore:
+    """The features of training recordings ``paths`` (cached beside the training manifest)."""
+    return rank0_first(load_features, paths, feature_cache_path(cfg.data.train, extractor.key),
+                       progress=progress, extractor=extractor)
 
 
 def plan_augmentation(cfg: ExperimentConfig, store: FeatureStore, paths: list[str],
@@ -64,7 +93,7 @@ class CTCTask:
     def __init__(self, cfg: ExperimentConfig, resume_from: Path | None = None,
                  rank: int = 0, world_size: int = 1, progress: bool = True):
         self.cfg = cfg
-        recs, self.store = recordings(cfg.data.train, progress=progress and rank == 0)
+        recs, self.store = recordings(cfg, progress=progress and rank == 0)
         c = cfg.compressor
         if c.labels == "llm_tokens":  # the labels' LLM is kept in the config, for its tokenizer
             c.label_llm = str(rank0_first(label_llm_path, cfg))
@@ -86,27 +115,28 @@ class CTCTask:
             else:
                 self.chars = CTCTokenizer.train([r[1] for r in recs], 512, model_type="char")
             c.char_vocab_size = self.chars.vocab_size
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
+        self.model = build_compressor(cfg, pretrained=resume_from is None)
         self.cmvn = CMVN.from_features(self.store.get(r[0]) for r in recs)
-        self.items, skipped = self._usable(recs, self.store)
+        self.items, skipped = self._usable(recs, self.store, self.model.backbone)
         if skipped and rank == 0:
             print(f"{cfg.data.train}: {skipped} of {len(recs)} recordings skipped (longer than "
                   f"data.max_seconds, or too short for their transcript under CTC)", file=sys.stderr)
-        torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
-        self.model = build_compressor(cfg)
+        backbone = self.model.backbone
         self.augmenter, self.speeds, frames = plan_augmentation(
             cfg, self.store, [item[0] for item in self.items],
-            [min_input_frames(max(1, len(item[1]), len(item[2]))) for item in self.items])
+            [backbone.min_features(max(1, len(item[1]), len(item[2]))) for item in self.items])
         self.sampler = LengthBucketSampler(frames, cfg.data.max_frames, cfg.train.seed,
                                            rank=rank, world_size=world_size)
 
-    def _usable(self, recs, store: FeatureStore):
+    def _usable(self, recs, store: FeatureStore, backbone):
         items, skipped = [], 0
-        max_frames = int(self.cfg.data.max_seconds * 100)
+        max_frames = int(self.cfg.data.max_seconds * backbone.feature_rate)
         for path, text, _ in recs:
             tokens = self.tokenizer.encode(text)
             chars = self.chars.encode(text) if self.chars else tokens
             n = store.num_frames(path)
-            fits = int(subsampled_lengths(torch.tensor(n))) >= max(1, len(tokens), len(chars))
+            fits = int(backbone.out_lengths(torch.tensor(n))) >= max(1, len(tokens), len(chars))
             if tokens and fits and n <= max_frames:
                 items.append((path, tokens, chars))
             else:
@@ -117,7 +147,8 @@ class CTCTask:
         """The batch of ``indices`` on the CPU (in a DataLoader worker): features (augmented and
         SpecAugmented with draws from ``generator``), CMVN, padding, CTC targets."""
         feats = training_features(self.store, [self.items[i][0] for i in indices], generator,
-                                  self.augmenter, self.speeds and [self.speeds[i] for i in indices])
+                                  self.augmenter, self.speeds and [self.speeds[i] for i in indices],
+                                  BackboneFeatures(self.model.backbone))
         feats, lengths = pad_feats([self.cmvn(x) for x in feats])
         f = self.cfg.features
         if f.spec_augment:

@@ -15,7 +15,7 @@ from ..checkpoint import load_tensors, save_tensors
 from ..config import ExperimentConfig
 from ..data import Utterance, read_manifest
 from ..data.batching import LengthBucketSampler, pad_feats
-from ..data.features import load_features, training_features
+from ..data.features import BackboneFeatures, training_features
 from ..models.build import (
     build_speech_llm,
     load_compressor,
@@ -29,7 +29,7 @@ from ..models.prompt import Prompter
 from ..models.shipped import is_shipped
 from ..text import normalize, word_start_prefix
 from ..train import rank0_first
-from .ctc import feature_cache_path, plan_augmentation
+from .ctc import plan_augmentation, training_audio, training_features_store
 
 
 def target_ids(tokenizer, text: str) -> list[int]:
@@ -57,7 +57,8 @@ class SpeechLLMTask:
         bundle = load_compressor(s.compressor)
         cfg.compressor, cfg.features.n_mels = bundle.config.compressor, bundle.config.features.n_mels
         self.cfg, self.cmvn, self.ctc_tokenizer = cfg, bundle.cmvn, bundle.tokenizer
-        rows = read_manifest(cfg.data.train)
+        keep = training_audio(cfg)  # all recordings, or the data.max_hours sample stage 1 drew
+        rows = [u for u in read_manifest(cfg.data.train) if u.audio in keep]
         seq2seq = cfg.speech_llm.system == "encoder_decoder"
         if cfg.llm.init == "scratch" or seq2seq:
             if not cfg.llm.path or is_shipped(cfg.llm.path):
@@ -71,8 +72,9 @@ class SpeechLLMTask:
         # the encoder-decoder has no base LLM weights, only its tokenizer in that folder
         cfg.llm.path, cfg.llm.weights_hash = str(llm_path), "" if seq2seq else weights_hash(llm_path)
         self.tokenizer = AutoTokenizer.from_pretrained(llm_path, local_files_only=True)
-        self.store = rank0_first(load_features, [u.audio for u in rows],
-                                 feature_cache_path(cfg.data.train), progress=progress and rank == 0)
+        self.extractor = BackboneFeatures(bundle.model.backbone)
+        self.store = training_features_store(cfg, [u.audio for u in rows], self.extractor,
+                                             progress=progress and rank == 0)
         self.items = self._usable(rows, rank)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every run and every rank
         self.model, self.tokenizer = build_speech_llm(
@@ -87,7 +89,7 @@ class SpeechLLMTask:
 
     def _usable(self, rows: list[Utterance], rank: int):
         items, skipped = [], 0
-        max_frames = int(self.cfg.data.max_seconds * 100)
+        max_frames = int(self.cfg.data.max_seconds * self.extractor.backbone.feature_rate)
         for u in rows:
             tgt = target_ids(self.tokenizer, target_text(u, self.cfg.speech_llm.asr_target,
                                                          self.tokenizer))
@@ -108,7 +110,8 @@ class SpeechLLMTask:
         padding, SpecAugment, prompts (some without the source language) and targets."""
         rows = [self.items[i] for i in indices]
         feats = training_features(self.store, [u.audio for u, _ in rows], generator,
-                                  self.augmenter, self.speeds and [self.speeds[i] for i in indices])
+                                  self.augmenter, self.speeds and [self.speeds[i] for i in indices],
+                                  self.extractor)
         feats, lengths = pad_feats([self.cmvn(x) for x in feats])
         f = self.cfg.features
         if f.spec_augment:
