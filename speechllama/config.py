@@ -112,6 +112,11 @@ class SpeechLLMConfig:
     #                               | encoder_decoder (the seq2seq baseline, sizes in `seq2seq`)
     compressor: str = ""  # stage-1 checkpoint folder (its weights are copied into stage-2 checkpoints)
     compression: str = "average"  # average | remove_blank | none
+    # what one compressed vector covers: labels (a run of one greedy CTC label: the paper's) |
+    # llm_tokens (the frames of one LLM token of the compressor's greedy transcript, re-tokenised
+    # by the LLM; with the piece prior each vector starts as that token's embedding: step 0 reads
+    # the transcript; character or sentencepiece CTC labels; models/token_spans.py)
+    spans: str = "labels"
     audio_mask: str = "non_causal"  # non_causal (audio block bidirectional) | causal
     freeze_compressor: bool = True
     # experimental (docs/design.md): RMS-normalise audio vectors to the token embeddings' RMS
@@ -231,6 +236,7 @@ CHOICES = {  # string fields with a closed set of values
     "compressor.labels": ("llm_tokens", "sentencepiece", "chars"),
     "compressor.backbone": ("scratch", "whisper-base"),
     "speech_llm.compression": ("average", "remove_blank", "none"),
+    "speech_llm.spans": ("labels", "llm_tokens"),
     "speech_llm.audio_mask": ("non_causal", "causal"),
     "speech_llm.asr_target": ("verbatim", "normalized"),
     "speech_llm.output_vocab": ("targets", "full"),
@@ -323,6 +329,13 @@ def from_dict(data: dict, cls: type = ExperimentConfig) -> Any:
             section, name = key.split(".")
             if getattr(getattr(cfg, section), name) < 1:
                 raise ConfigError(f"config key '{key}': must be >= 1")
+        if cfg.speech_llm.spans == "llm_tokens" and cfg.speech_llm.compression == "none":
+            raise ConfigError("config key 'speech_llm.spans': llm_tokens needs speech_llm.compression "
+                              "average or remove_blank, not none")
+        if cfg.speech_llm.spans == "llm_tokens" and cfg.compressor.labels == "llm_tokens":
+            raise ConfigError("config key 'speech_llm.spans': llm_tokens needs character or "
+                              "sentencepiece CTC labels (compressor.labels=llm_tokens already are "
+                              "LLM tokens: use speech_llm.spans=labels)")
         if cfg.data.num_workers < 0:
             raise ConfigError("config key 'data.num_workers': must be >= 0")
     return cfg

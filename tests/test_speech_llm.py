@@ -290,3 +290,38 @@ def test_text_mt_ceiling_is_the_frozen_llm_on_reference_transcripts(trained, cap
     assert main(["evaluate", "--model", str(run), "--data", str(corpus / "dev.jsonl"),
                  "--no-ceiling"]) == 0
     assert "text-MT ceiling" not in capsys.readouterr().out.split("Macro averages")[1]
+
+
+def test_llm_token_spans_start_as_the_transcripts_embeddings_and_reload(trained, tmp_path, capsys):
+    """speech_llm.spans=llm_tokens: one audio vector per LLM token of the compressor's greedy
+    transcript; with the gate at 0 they are exactly the LLM's embeddings of those tokens (a
+    cascade), and the exported model reloads to the same outputs."""
+    from speechllama.checkpoint import latest_checkpoint
+    from speechllama.pipeline import export_model
+
+    corpus, run, llm = trained
+    out = tmp_path / "spans"
+    assert main(["train", "speech-llm", "--config", str(TINY), "--data", str(corpus), "--llm",
+                 str(llm), "--compressor", str(run.parent / "ctc"), "--out", str(out),
+                 "train.max_steps=3", "speech_llm.spans=llm_tokens", "speech_llm.piece_prior=true",
+                 "features.spec_augment=false"]) == 0
+    bundle = load_speech_llm(out)
+    model = bundle.model
+    assert model.encoder.gate is not None and model.encoder.piece_embeds is None
+    wave = str(corpus / "audio" / "u1.wav")
+    feats = bundle.cmvn(features_of(wave, load(out)))[None]
+    model.encoder.gate.data.zero_()
+    with torch.no_grad():
+        audio, n = model.encode_audio(feats, torch.tensor([feats.shape[1]]))
+    ids = bundle.tokenizer(" eins zwei drei", add_special_tokens=False)["input_ids"]
+    assert n.tolist() == [3]  # the compressor hears "eins zwei drei": three LLM tokens
+    expected = model.llm.get_input_embeddings()(torch.tensor(ids)).float()
+    torch.testing.assert_close(audio[0].float(), expected)
+    # a config that cannot work is refused by name
+    assert main(["train", "speech-llm", "--config", str(TINY), "--data", str(corpus), "--out",
+                 str(tmp_path / "bad"), "--compressor", str(run.parent / "ctc"),
+                 "speech_llm.spans=llm_tokens", "speech_llm.compression=none"]) != 0
+    assert "speech_llm.spans" in capsys.readouterr().err
+    model_dir = export_model(latest_checkpoint(out), tmp_path / "model")
+    waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
+    assert load(model_dir).translate(waves, src_lang="de") == load(out).translate(waves, src_lang="de")

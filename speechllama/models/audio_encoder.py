@@ -24,7 +24,7 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, in_dim: int, dim: int, n_heads: int, n_layers: int, ff_dim: int,
                  dropout: float, out_dim: int, piece_embeds: torch.Tensor | None = None,
-                 out_rms: float = 0.0):
+                 out_rms: float = 0.0, gated: bool = False):
         super().__init__()
         self.proj_in = nn.Linear(in_dim, dim)
         self.layers = TransformerStack(dim, n_heads, n_layers, ff_dim, dropout)
@@ -36,18 +36,23 @@ class AudioEncoder(nn.Module):
         if self.out_norm is not None:
             nn.init.constant_(self.out_norm.weight, out_rms)
         self.register_buffer("piece_embeds", piece_embeds, persistent=False)
-        self.gate = nn.Parameter(torch.zeros(())) if piece_embeds is not None else None
+        # gated: the prior comes with each call (``prior``: the LLM's embedding of each vector's
+        # token, for spans of the LLM's own tokens) instead of from the label table
+        self.gate = nn.Parameter(torch.zeros(())) if piece_embeds is not None or gated else None
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        """``labels`` (B, S): the greedy CTC label of each compressed vector (piece prior only)."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor | None = None,
+                prior: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels`` (B, S): the greedy CTC label of each compressed vector (piece prior table);
+        ``prior`` (B, S, H): the prior vectors themselves (token-span compression)."""
         h = self.proj_in(x)  # (B, S, C_in) -> (B, S, D)
         h = self.layers(h, lengths)  # (B, S, D)
         out = self.proj_out(h)  # (B, S, H)
         if self.out_norm is not None:
             out = self.out_norm(out.float())  # float32, as its weight (autocast gives bf16)
         if self.piece_embeds is not None:
-            out = self.piece_embeds[labels].to(out.dtype) + self.gate.to(out.dtype) * out  # (B, S, H)
+            prior = self.piece_embeds[labels]  # (B, S, H)
+        if prior is not None:
+            out = prior.to(out.dtype) + self.gate.to(out.dtype) * out  # (B, S, H)
         return out
 
 

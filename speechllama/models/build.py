@@ -122,8 +122,9 @@ def build_audio_encoder(cfg: ExperimentConfig, hidden: int, prior: torch.Tensor 
     from .audio_encoder import AudioEncoder
 
     s = cfg.speech_llm
+    gated = s.piece_prior and s.spans == "llm_tokens"  # the prior: each span's token embedding
     return AudioEncoder(cfg.compressor.d_model, s.encoder_dim, s.encoder_heads, s.encoder_layers,
-                        s.encoder_ff, s.dropout, hidden, prior, out_rms)
+                        s.encoder_ff, s.dropout, hidden, prior, out_rms, gated)
 
 
 def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None,
@@ -149,7 +150,9 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
                               dtype=torch.float32 if l.init == "scratch" else frozen_dtype,
                               attn_implementation=l.attn_implementation)
     prior, scale = None, embed_scale(llm.config)  # audio vectors come at the scale the LLM reads
-    if s.piece_prior:
+    if s.spans == "llm_tokens" and ctc_tokenizer is None:
+        raise ValueError("speech_llm.spans=llm_tokens needs the compressor's CTC tokenizer")
+    if s.piece_prior and s.spans == "labels":
         if ctc_tokenizer is None:
             raise ValueError("speech_llm.piece_prior needs the compressor's CTC tokenizer")
         prior = piece_embeddings(ctc_tokenizer, tokenizer, llm.get_input_embeddings(), scale)
@@ -160,8 +163,9 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     vocab = None
     if vocab_ids is not None and l.init == "pretrained" and s.output_vocab == "targets":
         vocab = OutputVocab(vocab_ids, llm.get_output_embeddings().weight.shape[0])
+    spans = (ctc_tokenizer, tokenizer) if s.spans == "llm_tokens" else None
     model = SpeechLLM(compressor, encoder, llm, s.compression, s.audio_mask == "causal",
-                      s.freeze_compressor, s.zero_audio, vocab)
+                      s.freeze_compressor, s.zero_audio, vocab, spans, s.piece_prior)
     return model, tokenizer
 
 
@@ -268,7 +272,7 @@ def load_speech_llm(path: str | Path, check_hash: bool = True,
             labels = label_llm_path(cfg, folder) if cfg.compressor.labels == "llm_tokens" else None
             ctc_tokenizer = load_ctc_tokenizer(folder, labels)
         except (FileNotFoundError, ValueError) as e:
-            if cfg.speech_llm.piece_prior:
+            if cfg.speech_llm.piece_prior or cfg.speech_llm.spans == "llm_tokens":
                 raise CheckpointError(str(e)) from None
     model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder, ctc_tokenizer,
                                         frozen_dtype, vocab_ids=tensors.get("output_vocab"))

@@ -20,6 +20,7 @@ from ..ctc_prefix import CTCPrefixScorer
 from ..decode import DecodingOptions, generate
 from .audio_encoder import AudioEncoder
 from .ctc_compressor import CTCCompressor, ctc_compress
+from .token_spans import token_compress
 from .llm import audio_text_mask
 from .llm_family import head_logits, llm_attention_mask, llm_inputs
 
@@ -31,8 +32,13 @@ class SpeechLLM(nn.Module):
 
     def __init__(self, compressor: CTCCompressor, encoder: AudioEncoder, llm: nn.Module,
                  compression: str, causal_audio: bool, freeze_compressor: bool = True,
-                 zero_audio: bool = False, vocab: OutputVocab | None = None):
+                 zero_audio: bool = False, vocab: OutputVocab | None = None,
+                 token_spans: tuple | None = None, token_prior: bool = True):
         super().__init__()
+        # (CTC tokenizer, LLM tokenizer): compress to spans of the LLM's tokens of the greedy
+        # transcript (speech_llm.spans=llm_tokens), each starting from that token's embedding
+        # when ``token_prior``; None: one vector per run of a greedy CTC label
+        self.token_spans, self.token_prior = token_spans, token_prior
         self.compressor, self.encoder, self.llm = compressor, encoder, llm
         self.vocab = vocab  # the restricted output vocabulary (speech_llm.output_vocab), or None
         self.compression, self.causal_audio = compression, causal_audio
@@ -50,9 +56,17 @@ class SpeechLLM(nn.Module):
     def encode_audio(self, feats: torch.Tensor, lengths: torch.Tensor, return_ctc: bool = False):
         """feats (B, T, 80) normalised fbank -> audio embeddings (B, S, H), lengths (B,); with
         ``return_ctc`` also the compressor's CTC logits (B, T', V_ctc) and their lengths (B,)."""
+        prior = None
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_compressor):
             hidden, logits, frames = self.compressor(feats, lengths)  # (B, T', C), (B, T', V_ctc)
-            if self.encoder.piece_embeds is None:
+            if self.token_spans is not None:  # one vector per LLM token of the greedy transcript
+                compressed, n, ids = token_compress(hidden, logits, frames, *self.token_spans,
+                                                    mode=self.compression)  # (B, S, C), (B, S)
+                labels = None
+                if self.token_prior:
+                    with torch.no_grad():  # the frozen LLM's own embedding of each token
+                        prior = self.llm.get_input_embeddings()(ids)  # (B, S, H)
+            elif self.encoder.piece_embeds is None:
                 compressed, n = ctc_compress(hidden, logits, frames, self.compression)  # (B, S, C)
                 labels = None
             else:  # the piece prior also needs each vector's greedy label: compress it alongside
@@ -60,7 +74,7 @@ class SpeechLLM(nn.Module):
                 both = torch.cat([hidden.float(), logits.argmax(-1, keepdim=True).float()], dim=-1)
                 both, n = ctc_compress(both, logits, frames, self.compression)  # (B, S, C + 1)
                 compressed, labels = both[..., :-1], both[..., -1].round().long()  # (B, S, C), (B, S)
-        audio = self.encoder(compressed, n, labels)  # (B, S, H)
+        audio = self.encoder(compressed, n, labels, prior)  # (B, S, H)
         audio = audio * 0 if self.zero_audio else audio
         return (audio, n, (logits, frames)) if return_ctc else (audio, n)
 
