@@ -35,6 +35,15 @@ from .export import export_model
 # config default), which learn fastest here.
 STAGE1 = ["train.max_steps=1000", "train.max_minutes=3.0", "train.bf16=true", "compressor.dropout=0.0",
           "features.spec_augment=false", "train.checkpoint_every=250"]
+# The demo's ear (docs/design.md, "A pretrained ear"): the Whisper-base encoder, frozen, its output
+# computed once for a 3-hour sample of the training recordings (both stages train on that sample)
+# and cached; on top a CTC head of 2 Transformer layers at 50 frames/s on character labels. Its
+# batches hold ~60 s of audio (3000 encoder frames). `compressor.backbone=scratch` gives the
+# paper's from-scratch compressor with the settings above instead.
+WHISPER = ["compressor.backbone=whisper-base", "data.max_hours=3.0"]
+WHISPER_STAGE1 = ["compressor.d_model=256", "compressor.n_layers=2", "compressor.n_heads=4",
+                  "compressor.ff_dim=1024", "compressor.char_layer=0", "train.lr=1e-3",
+                  "train.warmup_steps=50"]
 STAGE2 = ["train.max_steps=80", "train.max_minutes=2.2", "train.bf16=true", "train.lr=1.5e-3",
           "train.warmup_steps=20", "features.spec_augment=false", "data.max_frames=3200",
           "train.checkpoint_every=40", "train.log_every=10"]
@@ -121,9 +130,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool
     _corpus(t, data, load_config(None, corpus).corpus)
     heldout = {name: data / f"heldout-{name}.jsonl" for name in HELDOUT if (data / f"heldout-{name}.jsonl").exists()}
     args = ["--data", str(data)]
+    ear, stage1 = demo_ear(overrides)
     if torch.cuda.is_available() and procs > torch.cuda.device_count():
         procs = torch.cuda.device_count()  # ranks of a GPU run: one per GPU (NCCL)
-    t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", args + STAGE1 + overrides, procs)
+    if ear and not _finished(out / "ctc"):  # the frozen encoder's features, with every thread
+        t.run("stage 1: features (frozen Whisper-base encoder)", _cache_features,
+              args + STAGE1 + stage1 + overrides)
+    t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", args + STAGE1 + stage1 + overrides, procs)
+    overrides = ear + overrides  # stage 2 trains on the same sample of recordings
     last_ctc = latest_checkpoint(out / "ctc") / "model.safetensors"
     ctc = {}
     for name, manifest in {"test": data / "test.jsonl", **heldout}.items():
@@ -156,6 +170,27 @@ def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool
                                   EVAL_PER_GROUP, HELDOUT_PER_GROUP))
     print(report.read_text())
     return report
+
+
+def demo_ear(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(the settings of the demo's ear for both stages, its stage-1 settings): the pretrained
+    Whisper-base ear unless ``overrides`` pick another ``compressor.backbone`` (the paper's
+    ``scratch``: then the demo's from-scratch settings alone)."""
+    chosen = [o.split("=", 1)[1].strip() for o in overrides if o.strip().startswith("compressor.backbone=")]
+    if chosen and chosen[-1] != "whisper-base":
+        return [], []
+    return WHISPER, WHISPER + WHISPER_STAGE1
+
+
+def _cache_features(args: list[str]) -> None:
+    """Compute stage 1's cached features in this process (all threads) before its ranks start
+    (under torchrun rank 0 computes them alone, on one thread)."""
+    from .tasks.ctc import recordings
+
+    data = Path(args[args.index("--data") + 1])
+    cfg = load_config(None, [a for a in args if "=" in a and not a.startswith("--")]
+                      + [f"data.train={data / 'train.jsonl'}"])
+    recordings(cfg)
 
 
 def _corpus(t: Timings, data: Path, cfg) -> None:

@@ -69,6 +69,12 @@ class Conv2dSubsampling(nn.Module):
         return min_input_frames(n_out)
 
 
+def _at_least(wave, n: int):
+    """``wave`` zero-padded to ``n`` samples if shorter (the log-mel of a 25-ms window needs them)."""
+    wave = torch.as_tensor(wave, dtype=torch.float32)
+    return F.pad(wave, (0, n - len(wave))) if len(wave) < n else wave
+
+
 def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
     """Frames left after two 3x3 stride-2 convolutions without padding: T -> ((T-3)//2+1 -3)//2+1."""
     once = torch.div(lengths - 3, 2, rounding_mode="floor") + 1
@@ -122,7 +128,7 @@ class WhisperBackbone(nn.Module):
 
         device = next(self.encoder.parameters()).device
         piece = int(self.max_seconds * SAMPLE_RATE)
-        pieces = [(i, w[s:s + piece]) for i, w in enumerate(waves)
+        pieces = [(i, _at_least(w[s:s + piece], 400)) for i, w in enumerate(waves)
                   for s in range(0, max(len(w), 1), piece)]
         order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))
         out: list[torch.Tensor | None] = [None] * len(pieces)
@@ -132,8 +138,7 @@ class WhisperBackbone(nn.Module):
             while stop < len(order) and (stop - start + 1) * len(pieces[order[stop]][1]) <= batch_seconds * SAMPLE_RATE:
                 stop += 1
             chunk = order[start:stop]
-            mels = [log_mel(torch.as_tensor(pieces[k][1], dtype=torch.float32, device=device))
-                    for k in chunk]  # (T_k, 80) each
+            mels = [log_mel(pieces[k][1].to(device)) for k in chunk]  # (T_k, 80) each
             mels, lengths = pad_mels(mels)  # (b, T, 80), (b,)
             top = self.frozen == len(self.encoder.layers)
             hidden, n = encode(self.encoder, mels, lengths, n_layers=self.frozen, final_norm=top)
