@@ -91,7 +91,7 @@ def cmd_evaluate(args) -> int:
     from .models.build import checkpoint_kind
 
     if args.what == "ctc" or checkpoint_kind(args.model) == "ctc":
-        report = evaluate_ctc(args.model, args.data)
+        report = evaluate_ctc(args.model, args.data, per_group=args.per_group)
         md = ctc_report_markdown(report)
         if args.out:
             write_report(report, args.out, md)
@@ -237,7 +237,8 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.model, args.host, args.port, _decoding_options(args), args.device, args.api_key,
-          args.max_batch, args.max_wait_ms, args.max_upload_mb, args.dtype)
+          args.max_batch, args.max_wait_ms, args.max_upload_mb, args.dtype, args.max_audio_s,
+          args.max_queue, args.read_timeout_s, args.timeout_keep_alive)
     return 0
 
 
@@ -432,11 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
-    p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="most jobs decoded together (a file, or a segment of a long file)")
     p.add_argument("--max-wait-ms", type=float, default=20.0,
                    help="how long the first request of a batch waits for others to join it")
     p.add_argument("--max-upload-mb", type=float, default=25.0,
                    help="largest request body; bigger ones get 413 (default 25, as OpenAI's API)")
+    p.add_argument("--max-audio-s", type=float, default=1800.0,
+                   help="longest audio a request may hold, from the file's header before decoding; "
+                        "longer gets 413 (default 1800)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="most requests in the server at once; more get 503 with Retry-After (default 64)")
+    p.add_argument("--read-timeout-s", type=float, default=120.0,
+                   help="longest a request body may take to arrive; slower gets 408 (default 120)")
+    p.add_argument("--timeout-keep-alive", type=float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open (uvicorn's; default 5)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="the frozen LLM's weights: float32 (default: a result never depends on "
                         "the batch it was decoded in) or bfloat16 (half the bytes; a near-tie token "

@@ -106,3 +106,58 @@ def live_server(app):
         server.should_exit = True
         thread.join()
         sock.close()
+
+
+def crops(n: int, seed: int = 0) -> list[np.ndarray]:
+    """n pieces of a long wave of clips and pauses, 1.2-3 s long, starting anywhere: cut through the
+    tones, they are words the tiny model cannot read, so its outputs are near-ties; with bf16
+    weights some of them decode differently in a batch of another shape (docs/serving.md)."""
+    rng = np.random.default_rng(seed)
+    wave, _ = long_wave(60.0, seed=seed)
+    out = []
+    for _ in range(n):
+        size = int(rng.uniform(1.2, MAX_SECONDS) * SR)
+        start = int(rng.integers(0, len(wave) - size))
+        out.append(wave[start : start + size])
+    return out
+
+
+def wav_bytes(wave: np.ndarray, sr: int = SR) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def multipart(data: bytes, filename: str = "audio.wav", **fields: str) -> tuple[bytes, str]:
+    """(body, Content-Type) of a transcription form, for requests sent over a raw socket."""
+    boundary = "speechllama-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                 "Content-Type: audio/wav\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def raw_post(url: str, path: str, body: bytes, content_type: str, api_key: str | None = None,
+             send: int | None = None) -> socket.socket:
+    """POST over a plain socket, sending the first ``send`` bytes of the body (all by default), and
+    return the open socket: the test decides when the client goes away (``close()``)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            + (f"Authorization: Bearer {api_key}\r\n" if api_key else "") + "\r\n").encode()
+    sock.sendall(head + body[:send])
+    return sock
+
+
+def wait_for(condition, what: str, timeout_s: float = 120.0):
+    """Poll ``condition()`` until it is true (a bound on a hang, not a timed assertion)."""
+    end = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+    return value

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from serve_helpers import live_server, trained_model, write_clips
 
-from speechllama import load
-from speechllama.serve import create_app
+from speechllama.serve import create_app, load_for_serving
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -37,11 +36,11 @@ def page(tmp_path_factory):
                  "--window-size=1000,900", "--use-fake-ui-for-media-stream",
                  "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={clips[0]}"):
         options.add_argument(flag)
-    with live_server(create_app(load(run), "tiny")) as url:
+    with live_server(create_app(load_for_serving(run), "tiny")) as url:
         driver = webdriver.Chrome(options=options, service=Service(DRIVER))
         try:
             driver.get(url)
-            yield driver, load(run), clips
+            yield driver, load_for_serving(run), clips
         finally:
             driver.quit()
 

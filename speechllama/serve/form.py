@@ -1,8 +1,11 @@
 """A multipart/form-data body read from the request stream into memory, with the upload cap enforced
-while reading: no temporary file, and an oversize body is refused (413) without being kept."""
+while reading: no temporary file, and an oversize body is refused (413) without being kept. A body
+that takes longer than the read timeout to arrive (a slow or stalled client) is refused (408) and
+its connection closed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -97,9 +100,21 @@ async def _refuse_oversize(stream: AsyncIterator[bytes], seen: int, max_bytes: i
                         "(speechllama serve --max-upload-mb)", "file", "file_too_large")
 
 
-async def read_form(request: Request, max_bytes: int) -> Form:
+async def read_form(request: Request, max_bytes: int, timeout_s: float | None = None) -> Form:
     """The request's multipart form; 413 as soon as the body is known to exceed ``max_bytes``
-    (from Content-Length before reading, else while reading), 400 for a malformed body."""
+    (from Content-Length before reading, else while reading), 400 for a malformed body, 408 when the
+    whole body has not arrived within ``timeout_s`` seconds (None: no limit). A client that
+    disconnects mid-upload raises Starlette's ClientDisconnect (errors.Guard logs it in one line)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_form(request, max_bytes)
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout_s:g} s "
+                            "(speechllama serve --read-timeout-s)", None, "timeout",
+                       {"Connection": "close"}) from None
+
+
+async def _read_form(request: Request, max_bytes: int) -> Form:
     parser_form = Form()
     collector = _Collector(parser_form)
     parser = MultipartParser(_boundary(request), collector.callbacks())
