@@ -59,7 +59,8 @@ class CompressorConfig:
     # trained | whisper-base: the pretrained Whisper-base encoder (from PyPI wheels) on Whisper's
     # log-mel, 20 ms a frame, frozen below its top backbone_trainable_layers (models/backbones.py)
     backbone: str = "scratch"
-    backbone_trainable_layers: int = 0  # whisper-base: its top layers trained with the CTC layers
+    backbone_layers: int = 0  # whisper-base: use its first N layers (0 = all 6); the rest dropped
+    backbone_trainable_layers: int = 0  # whisper-base: its top used layers trained with the CTC layers
     backbone_stack: int = 1  # whisper-base: frames stacked before the CTC layers (1: 50/s, 2: 25/s)
     conv_channels: int = 32  # scratch backbone; sized for the 2-core demo; configs/paper.yaml has a larger model
     d_model: int = 192

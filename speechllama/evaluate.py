@@ -54,17 +54,23 @@ def ctc_outputs(bundle: CompressorBundle, feats: list[torch.Tensor], max_frames:
     return texts, stats
 
 
-def evaluate_ctc(checkpoint: str | Path, manifest: str | Path, progress: bool = True) -> dict:
+def evaluate_ctc(checkpoint: str | Path, manifest: str | Path, progress: bool = True,
+                 per_group: int | None = None) -> dict:
     """CER/WER per source language of the greedy CTC output and mean compression ratios.
 
-    The compression ratio of an utterance is its 4x-subsampled length divided by the number of
-    vectors ``ctc_compress`` keeps; the report gives the mean over utterances.
+    The compression ratio of an utterance is its compressor frames (CTC labels) divided by the
+    number of vectors ``ctc_compress`` keeps; the report gives the mean over utterances.
+    ``per_group``: only the recordings of the first rows of each group (:func:`first_per_group`).
     """
     from .data.features import BackboneFeatures
     from .tasks.ctc import manifest_recordings
 
+    from .data import read_manifest
+
     bundle = load_compressor(checkpoint)
-    recs, store = manifest_recordings(manifest, BackboneFeatures(bundle.model.backbone), progress)
+    keep = {u.audio for u in first_per_group(read_manifest(manifest), per_group)} if per_group else None
+    recs, store = manifest_recordings(manifest, BackboneFeatures(bundle.model.backbone), progress,
+                                      keep)
     if not recs:
         raise ValueError(f"{manifest}: no rows with a source transcript (src_text) to evaluate")
     texts, ratios = ctc_outputs(bundle, [store.get(r[0]) for r in recs])
@@ -76,6 +82,7 @@ def evaluate_ctc(checkpoint: str | Path, manifest: str | Path, progress: bool = 
         langs[lang] = {"n": len(idx), **error_rates([recs[i][1] for i in idx], [texts[i] for i in idx])}
     report = {
         "checkpoint": str(bundle.path), "manifest": str(manifest), "languages": langs,
+        "per_group": per_group,
         "macro_cer": sum(v["cer"] for v in langs.values()) / len(langs),
         "macro_wer": sum(v["wer"] for v in langs.values()) / len(langs),
         "compression_ratio": {m: sum(v) / len(v) for m, v in ratios.items()},
@@ -91,7 +98,7 @@ def ctc_report_markdown(report: dict) -> str:
         lines.append(f"| {lang} | {v['n']} | {v['cer']:.1f} | {v['wer']:.1f} |")
     lines.append(f"| **macro average** | | **{report['macro_cer']:.1f}** | **{report['macro_wer']:.1f}** |")
     ratios = report["compression_ratio"]
-    lines += ["", "Mean compression ratio (4x-subsampled frames / kept vectors): "
+    lines += ["", "Mean compression ratio (compressor frames / kept vectors): "
               f"average **{ratios['average']:.2f}x**, remove_blank **{ratios['remove_blank']:.2f}x**."]
     return "\n".join(lines)
 
@@ -204,6 +211,9 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
         found = model_ceiling(model.bundle, utts)
         if found is not None:
             report["text_mt_ceiling"] = found
+        found = model_cascade(model.bundle, utts, store)
+        if found is not None:
+            report["cascade"] = found
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,12 +302,33 @@ def model_ceiling(bundle, utts: list) -> dict | None:
     return text_mt_ceiling(bundle.model.llm, bundle.tokenizer, bundle.config.llm.system_prompt, utts)
 
 
+def model_cascade(bundle, utts: list, store) -> dict | None:
+    """The cascade on the same ST rows: the model's CTC compressor's greedy transcript, translated
+    by its frozen LLM (:func:`text_mt_ceiling` with those transcripts); None where the model has
+    no pretrained LLM or no compressor labels that spell text."""
+    from .models.speech_llm import SpeechLLM
+
+    if not isinstance(bundle.model, SpeechLLM) or bundle.config.llm.init != "pretrained" \
+            or bundle.ctc_tokenizer is None:
+        return None
+    st = [u for u in utts if u.task == "st" and u.src_text]
+    if not st:
+        return None
+    ctc = CompressorBundle(bundle.model.compressor, bundle.cmvn, bundle.ctc_tokenizer, bundle.config,
+                           bundle.path)
+    texts, _ = ctc_outputs(ctc, [store.get(u.audio) for u in st])
+    return text_mt_ceiling(bundle.model.llm, bundle.tokenizer, bundle.config.llm.system_prompt, st,
+                           sources={u.id: t for u, t in zip(st, texts)})
+
+
 @torch.inference_mode()
-def text_mt_ceiling(llm, tok, system_prompt: str, utts: list, batch_size: int = 16) -> dict | None:
+def text_mt_ceiling(llm, tok, system_prompt: str, utts: list, batch_size: int = 16,
+                    sources: dict[str, str] | None = None) -> dict | None:
     """What the frozen LLM itself makes of the ST rows from text: the speech model's prompt with
     the reference source transcript's tokens in place of the audio vectors, LoRA off (if any),
     greedy, the whole vocabulary; scored like the model (:func:`score_rows`). None without ST
-    rows."""
+    rows. ``sources`` (row id -> text): other source texts instead of the references (a cascade:
+    the compressor's greedy transcripts)."""
     import contextlib
 
     from torch.nn.utils.rnn import pad_sequence
@@ -313,7 +344,9 @@ def text_mt_ceiling(llm, tok, system_prompt: str, utts: list, batch_size: int = 
         return None
     embed = llm.get_input_embeddings()
     prompter, prefix = Prompter(tok, system_prompt), word_start_prefix(tok)
-    sources = [tok(prefix + u.src_text, add_special_tokens=False)["input_ids"] for u in st]
+    texts = [sources[u.id] if sources is not None else u.src_text for u in st]
+    sources = [tok(prefix + t, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
+               for t in texts]
     order = sorted(range(len(st)), key=lambda i: len(sources[i]))
     hyps = [""] * len(st)
     off = llm.disable_adapter() if hasattr(llm, "disable_adapter") else contextlib.nullcontext()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .checkpoint import latest_checkpoint
 from .export import export_model
-from .pipeline import STAGE1, STAGE2, Timings, _train
+from .pipeline import STAGE1, STAGE2, WHISPER_STAGE1, Timings, _train
 
 # name -> stage-2 overrides; every system gets the same data, steps and wall-time cap
 SYSTEMS = {
@@ -31,7 +31,11 @@ SYSTEMS = {
     # the control: Speech-LLaMA trained the same way with its audio vectors replaced by zeros;
     # whatever it scores comes from the instruction and the target-text prior alone
     "zero-audio": ["speech_llm.zero_audio=true"],
+    # the backbone as a row: Speech-LLaMA on the pretrained ear (a compressor of its own, the
+    # demo's ear settings on every training recording; one vector per LLM token)
+    "whisper-ear": ["speech_llm.spans=llm_tokens"],
 }
+EARS = {"whisper-ear": ["compressor.backbone=whisper-base"] + WHISPER_STAGE1}  # system -> its stage 1
 
 
 def merge_train(corpora: list[Path], out: Path) -> Path:
@@ -69,6 +73,11 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
     if compressor is None:
         compressor = runs / "ctc"
         t.run("ctc", _train, "ctc", compressor, common + STAGE1 + list(overrides), 2)
+    compressors = {}
+    for system, ear in EARS.items():
+        compressors[system] = runs / f"ctc-{system}"
+        t.run(f"ctc-{system}", _train, "ctc", compressors[system],
+              common + STAGE1 + ear + list(overrides), 2)
     # --minutes/--steps win over positional overrides (they come last)
     budget = [f"train.max_minutes={minutes}"] if minutes else []
     budget += [f"train.max_steps={steps}", "train.max_minutes=0"] if steps else []
@@ -76,7 +85,8 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
     for system, extra in SYSTEMS.items():
         run_dir = runs / system
         t.run(system, _train, "speech-llm", run_dir,
-              ["--compressor", str(compressor)] + common + STAGE2 + extra + list(overrides) + budget,
+              ["--compressor", str(compressors.get(system, compressor))] + common + STAGE2 + extra
+              + list(overrides) + budget,
               1)
         model_dir = export_model(latest_checkpoint(run_dir), runs / f"{system}-model")
         report_file = runs / f"{system}-test.json"

@@ -22,7 +22,6 @@ from torch import nn
 from .config import ExperimentConfig
 from .step_trace import BatchShape, Trace, trace_step
 
-FRAMES_PER_SECOND = 100  # fbank hop 10 ms
 # T' / S of CTC compression. Subword labels (llm_tokens, sentencepiece): measured on the demo
 # corpus (docs/bench.md: average keeps 22% of the frames, remove_blank 11%). Characters
 # (docs/design.md): remove_blank keeps ~60%, average "barely shortens": taken as 1x, the longest.
@@ -119,8 +118,8 @@ def meta_speech_llm(cfg: ExperimentConfig, config) -> nn.Module:
                           attn_implementation=lc.attn_implementation)
     with torch.device("meta"):
         compressor = build_compressor(cfg)
-        prior = torch.empty(cfg.compressor.vocab_size, config.hidden_size) if s.piece_prior \
-            else None
+        prior = torch.empty(cfg.compressor.vocab_size, config.hidden_size) \
+            if s.piece_prior and s.spans == "labels" else None
         out_rms = 1.0 if s.match_embedding_scale or s.piece_prior else 0.0  # > 0: a norm layer
         encoder = build_audio_encoder(cfg, config.hidden_size, prior, out_rms)
     return SpeechLLM(compressor, encoder, llm, s.compression, s.audio_mask == "causal",
@@ -195,21 +194,24 @@ def batch_shape(cfg: ExperimentConfig, prompt: tuple[int, int], seconds: float |
                 ratio: float | None = None) -> tuple[BatchShape, list[str]]:
     """The micro-batch of rows ``seconds`` long (default data.max_seconds: the longest the loader
     admits), as many as data.max_frames holds, and notes on where each number comes from."""
-    from .models.ctc_compressor import subsampled_lengths
+    from .models.build import build_backbone
 
+    with torch.device("meta"):  # its frame arithmetic only; no weight is read
+        backbone = build_backbone(cfg)
+    rate = backbone.feature_rate  # feature frames per second (fbank 100, Whisper 50)
     seconds = cfg.data.max_seconds if seconds is None else seconds
-    frames = max(1, min(round(seconds * FRAMES_PER_SECOND), cfg.data.max_frames))
+    frames = max(1, min(round(seconds * rate), cfg.data.max_frames))
     rows = cfg.data.max_frames // frames
-    sub = int(subsampled_lengths(torch.tensor(frames)))
+    sub = int(backbone.out_lengths(torch.tensor(frames)))
     labels = "chars" if cfg.compressor.labels == "chars" else "subwords"  # what compresses
     mode = cfg.speech_llm.compression
     source = "given" if ratio is not None else f"{mode} over {labels[:-1]} CTC labels"
     ratio = COMPRESSION_RATIO[labels][mode] if ratio is None else ratio
     targets = min(cfg.speech_llm.max_target_tokens,
-                  math.ceil(TARGET_TOKENS_PER_SECOND * frames / FRAMES_PER_SECOND) + 1)
+                  math.ceil(TARGET_TOKENS_PER_SECOND * frames / rate) + 1)
     shape = BatchShape(rows, frames, sub, max(1, round(sub / ratio)), prompt[0], prompt[1],
                        targets, ratio)
-    notes = [f"rows of {frames / FRAMES_PER_SECOND:g} s ({frames} fbank frames; "
+    notes = [f"rows of {frames / rate:g} s ({frames} {backbone.key} frames; "
              f"{'--seconds' if seconds != cfg.data.max_seconds else 'data.max_seconds'}), "
              f"{rows} of them in data.max_frames={cfg.data.max_frames}",
              f"CTC compression {ratio:g}x ({source}; --compression-ratio)",
@@ -274,7 +276,7 @@ def format_plan(plan: Plan) -> str:
     total = sum(p.params for p in plan.parts)
     lines += [f"{'total':<16}{total:>16,}{sum(p.trainable for p in plan.parts):>14,}  {'':<10}"
               f"{_size(sum(p.bytes for p in plan.parts)):>12}", "",
-              f"micro-batch per GPU: {s.rows} rows x {s.frames} fbank frames -> {s.subsampled} "
+              f"micro-batch per GPU: {s.rows} rows x {s.frames} feature frames -> {s.subsampled} "
               f"subsampled -> {s.audio} audio vectors; + {s.before + s.after} prompt + "
               f"{s.targets} target tokens = {s.positions} LLM positions a row"]
     per_step = n * plan.grad_accum

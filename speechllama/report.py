@@ -52,6 +52,7 @@ def _source_table(stats: dict) -> list[str]:
     return lines
 
 
+FEATURES_STAGE = "stage 1: features (frozen Whisper-base encoder)"  # its Timings name (pipeline.py)
 HELDOUT_TITLES = {
     "kokoro": "unseen voice source: Kokoro-82M voices training never used",
     "real": "real speech: human Czech and Dutch voice acting, test split",
@@ -59,13 +60,15 @@ HELDOUT_TITLES = {
 
 
 def _heldout_section(ctc: dict, heldout: dict, per_group: int) -> list[str]:
-    """Each held-out set: its compressor's CER on every recording, the model's scores on the first
-    ``per_group`` rows of each group, next to the same numbers on the synthetic test split."""
+    """Each held-out set: its compressor's CER (the recordings of the first rows of each group), the
+    model's scores on the first ``per_group`` rows of each group, next to the same numbers on the
+    synthetic test split."""
     names = [n for n in HELDOUT_TITLES if n in ctc]
     if not names:
         return []
     lines = ["", "## Held-out sets: voices training never heard", "",
-             "Compressor: greedy CTC transcript of every recording. Model: the first "
+             "Compressor: greedy CTC transcript of the recordings of the first "
+             f"{ctc['test'].get('per_group') or 'all'} rows of each group. Model: the first "
              f"{per_group} rows of each task, language pair and subset. CER/WER after "
              "`speechllama.text.normalize`.", "",
              "| set | compressor CER % | compressor WER % | ST BLEU | ST chrF | ASR WER % | ASR CER % |",
@@ -98,15 +101,26 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, 
              + ", ".join(f"{k}: {v['audio_files']} recordings / {v['hours']:.2f} h"
                          for k, v in stats["splits"].items()) + ". Hours per source and language:", ""]
     lines += _source_table(stats)
+    model_cfg = load_config(out / "model" / "config.yaml")
+    backbone = model_cfg.compressor.backbone
+    ear = ("the pretrained Whisper-base encoder (MIT), frozen below its top "
+           f"{model_cfg.compressor.backbone_trainable_layers} layer(s), its outputs computed once "
+           f"and cached ({timings.get(FEATURES_STAGE, 0):.0f} s), under a CTC head"
+           if backbone == "whisper-base" else "the paper's compressor trained from scratch (2 Conv2D on fbank)")
     lines += ["", "## Speech-LLaMA on the test split (unseen sentences, espeak-ng voices)", "",
-             f"LLM: {describe_llm(llm_path)}, frozen, with LoRA.", "",
+             f"Ear (`compressor.backbone={backbone}`): {ear}; compressed to "
+             f"{'one vector per LLM token of its greedy transcript' if model_cfg.speech_llm.spans == 'llm_tokens' else 'one vector per run of a greedy CTC label'}"
+             f" (`speech_llm.spans={model_cfg.speech_llm.spans}`). Training sample: "
+             + (f"{model_cfg.data.max_hours:g} h of the training recordings." if model_cfg.data.max_hours else "every training recording.") + "",
+             "", f"LLM: {describe_llm(llm_path)}, frozen, with LoRA.", "",
              f"Model: `{out / 'model'}`; trainable {params['trainable'] / 1e6:.2f}M of "
              f"{params['total'] / 1e6:.1f}M parameters (audio encoder + LoRA; the LLM and the "
              f"CTC compressor frozen). Rows scored: the first {per_group} test rows of each task, "
              f"language pair and subset (`speechllama evaluate --per-group {per_group}`). "
              "The text-MT ceiling is the frozen LLM (LoRA off) given the same prompt with the "
              "reference source transcript in place of the audio: what a perfect ear would be "
-             "worth without any translation learned.", ""]
+             "worth without any translation learned. The cascade is the same frozen LLM given its "
+             "compressor's greedy transcript instead.", ""]
     lines += _pair_table(reports)
     lines += ["", "Macro averages over language pairs:", "",
               "| metric | " + " | ".join(reports) + " |", "|---|" + "---:|" * len(reports)]
@@ -116,6 +130,10 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, 
     if "text_mt_ceiling" in main:
         lines.append("| st_bleu_all text-MT ceiling (frozen LLM, reference transcripts) | "
                      f"{main['text_mt_ceiling']['macro']['st_bleu_all']:.1f} |"
+                     + " – |" * (len(reports) - 1))
+    if "cascade" in main:
+        lines.append("| st_bleu_all cascade (frozen LLM, its compressor's greedy transcripts) | "
+                     f"{main['cascade']['macro']['st_bleu_all']:.1f} |"
                      + " – |" * (len(reports) - 1))
     for part, label in (("llm_alone_asr", "of the LLM alone (ctc_weight 0, same rows)"),
                         ("compressor_asr", "of its CTC compressor alone (greedy, same rows)")):

@@ -154,7 +154,7 @@ def _run_step(build: Callable[[], nn.Module], cfg: ExperimentConfig, shape: Batc
     fake_tensors(model, mode).train()
     with mode, counter:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16):  # as train.fit
-            loss = step_loss(model, shape, cfg.features.n_mels)
+            loss = step_loss(model, shape, model.compressor.backbone.feature_dim)
         loss.backward()
 
 

@@ -18,11 +18,12 @@ from speechllama.models.ctc_compressor import CTCCompressor
 from speechllama.models.whisper import whisper_base_config
 
 
-def tiny_whisper_compressor(trainable_layers=0, stack=1) -> CTCCompressor:
+def tiny_whisper_compressor(trainable_layers=0, stack=1, layers=0, n=2) -> CTCCompressor:
     torch.manual_seed(0)
-    config = whisper_base_config(d_model=16, encoder_layers=2, encoder_attention_heads=2,
+    config = whisper_base_config(d_model=16, encoder_layers=n, encoder_attention_heads=2,
                                  encoder_ffn_dim=32)
-    backbone = WhisperBackbone(WhisperEncoder(config).eval(), trainable_layers, stack, d_model=8)
+    backbone = WhisperBackbone(WhisperEncoder(config).eval(), trainable_layers, stack, d_model=8,
+                               layers=layers)
     return CTCCompressor(backbone, 8, 2, 1, 16, 0.0, vocab_size=5)
 
 
@@ -72,6 +73,21 @@ def test_only_the_top_layers_train_and_the_cache_key_names_the_frozen_depth(trai
     stacked = m.backbone.proj(full) * 8 ** 0.5
     expected = m.encoder(stacked, n)
     torch.testing.assert_close(h, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_truncated_encoder_reads_its_first_layers_without_the_final_norm():
+    m = tiny_whisper_compressor(layers=2, n=3)
+    assert len(m.backbone.encoder.layers) == 2 and m.backbone.key == "whisper-base-2of3"
+    wave = np.random.default_rng(3).standard_normal(8000).astype(np.float32) * 0.1
+    from speechllama.models.whisper import encode, log_mel
+
+    mel = log_mel(torch.from_numpy(wave))[None]
+    expected, _ = encode(m.backbone.encoder, mel, torch.tensor([mel.shape[1]]), final_norm=False)
+    torch.testing.assert_close(m.features([wave])[0], expected[0], atol=1e-5, rtol=0)
+    # the same features as the full encoder trained from its third layer up: one cache serves both
+    assert tiny_whisper_compressor(trainable_layers=1, n=3).backbone.key == "whisper-base-2of3"
+    with pytest.raises(ValueError, match="backbone_layers"):
+        tiny_whisper_compressor(layers=4, n=3)
 
 
 def test_a_config_with_an_unknown_backbone_is_refused_by_name():

@@ -43,9 +43,11 @@ def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
     from speechllama.cli import main
 
     corpus = tmp_path / "corpus"
+    four = TWO_UTTERANCES + [("u3", "drei eins", [700, 300, 900]), ("u4", "zwei vier", [500, 1500])]
     for split in ("train", "dev", "test"):
-        write_corpus(corpus, TWO_UTTERANCES, split)
-    # max_frames=200: one recording per batch, so stage 1's two DDP ranks get a batch each
+        write_corpus(corpus, four, split)
+    # max_frames=200: one or two recordings per batch (fbank 100 frames/s, the Whisper ear's 50),
+    # so stage 1's two DDP ranks get a batch each
     tiny = ["train.max_steps=2", "train.log_every=1", "data.max_frames=200",
             "compressor.d_model=32", "compressor.ff_dim=64", "compressor.conv_channels=4",
             "speech_llm.encoder_dim=32", "speech_llm.encoder_ff=64", "speech_llm.encoder_layers=1",
@@ -58,7 +60,8 @@ def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
     table = (tmp_path / "results" / "paper-table.md").read_text()
     results = json.loads((tmp_path / "results" / "paper-table.json").read_text())
     assert set(results) == {"speech-llama", "remove-blank", "causal-mask", "no-lora",
-                            "no-compression", "decoder-only-scratch", "encoder-decoder", "zero-audio"}
+                            "no-compression", "decoder-only-scratch", "encoder-decoder", "zero-audio",
+                            "whisper-ear"}
     verdicts = [line for line in table.splitlines() if line.startswith("- (")]
     assert len(verdicts) == 5 and (tmp_path / "results" / "paper-table.png").exists()
     # two-step toy systems have learned nothing: no claim may be called reproduced
@@ -68,6 +71,7 @@ def test_paper_experiment_runs_every_system_and_writes_the_table(tmp_path):
     # --steps: every system trains exactly that many stage-2 steps (stage 1 keeps max_steps=2)
     runs = tmp_path / "results" / "paper-table-runs"
     assert (runs / "ctc" / "step-000002").is_dir()
+    assert (runs / "ctc-whisper-ear" / "step-000002").is_dir()  # the backbone row's own stage 1
     assert all((runs / s / "step-000003").is_dir() for s in results)
     lora, no_lora = results["speech-llama"], results["no-lora"]
     assert lora["trainable"] > no_lora["trainable"] and lora["total"] > no_lora["total"]

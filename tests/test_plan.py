@@ -155,3 +155,17 @@ def test_estimate_within_25_percent_of_measured_peak(tiny, bf16, checkpointing):
     print(f"bf16={bf16} checkpointing={checkpointing}: estimate {estimate / 2**20:.2f} MiB, "
           f"measured {measured / 2**20:.2f} MiB")
     assert abs(estimate - measured) / measured < 0.25
+
+
+def test_the_pretrained_ear_is_counted_frozen_in_the_compressor(capsys):
+    """compressor.backbone=whisper-base: the plan counts Whisper-base's encoder (20,590,592
+    parameters) inside the stage-2 compressor (frozen), from its config alone (no wheel read)."""
+    os.chdir(ROOT)
+    assert main(["plan", "configs/paper-7b.yaml", "--gpus", "1", "--gpu-memory", "80",
+                 "compressor.backbone=whisper-base", "compressor.d_model=256",
+                 "compressor.n_layers=2"]) == 0
+    out = capsys.readouterr().out
+    row = next(x for x in out.splitlines() if x.startswith("compressor"))
+    total, trainable = (int(v.replace(",", "")) for v in row[len("compressor"):].split()[:2])
+    assert 20_590_592 < total < 25_000_000 and trainable == 0  # the encoder + a ~3M head, frozen
+    assert "whisper-base-6of6 frames" in out  # rows counted in Whisper's 50 frames a second

@@ -129,7 +129,7 @@ def load_features(audio_paths: list[str], cache_file: str | os.PathLike, progres
     start = old.shape[0] if old is not None else 0
     index = {p: v for p, v in index.items() if p not in todo}
     failed = {p: v for p, v in failed.items() if p not in todo}
-    bar = progress_bar(total=len(todo), desc=f"{extractor.key} {cache_file.stem}", unit="file",
+    bar = progress_bar(total=len(todo), desc=f"features {cache_file.name}", unit="file",
                        disable=not progress)
     for i in range(0, len(todo), chunk):
         good, waves = [], []

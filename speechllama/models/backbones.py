@@ -93,25 +93,35 @@ class WhisperBackbone(nn.Module):
 
     feature_rate = 50  # Whisper encoder frames per second (its conv2 has stride 2 over 10 ms hops)
     max_seconds = 30.0  # Whisper's positional table: 1500 frames; longer waves are encoded in pieces
+    # the frozen pass's autocast dtype (None: float32); bench/bench_whisper_features.py measures
+    # both, the same in training's cache and at inference
+    dtype: torch.dtype | None = None
 
-    def __init__(self, encoder: nn.Module, trainable_layers: int, stack: int, d_model: int):
+    def __init__(self, encoder: nn.Module, trainable_layers: int, stack: int, d_model: int,
+                 layers: int = 0):
         super().__init__()
         n = len(encoder.layers)
-        if not 0 <= trainable_layers <= n:
+        layers = layers or n  # the first ``layers`` layers are used; the rest are dropped
+        if not 1 <= layers <= n:
+            raise ValueError(f"compressor.backbone_layers={layers}: Whisper-base has {n} layers")
+        if not 0 <= trainable_layers <= layers:
             raise ValueError(f"compressor.backbone_trainable_layers={trainable_layers}: "
-                             f"Whisper-base has {n} layers")
+                             f"the backbone uses {layers} layers")
         if stack < 1:
             raise ValueError(f"compressor.backbone_stack={stack}: must be >= 1")
-        self.encoder, self.frozen, self.stack = encoder, n - trainable_layers, stack
+        encoder.layers = encoder.layers[:layers]
+        self.final_norm = layers == n  # Whisper's last LayerNorm follows its last layer only
+        self.encoder, self.frozen, self.stack = encoder, layers - trainable_layers, stack
         self.stride = stack  # feature frames per output frame
         self.feature_dim = encoder.config.d_model
         self.frame_samples = SAMPLE_RATE // self.feature_rate * stack  # 320 samples a frame at 50/s
-        self.key = f"whisper-base-{self.frozen}of{n}"  # the frozen depth names the features
+        # the frozen depth names the features (the output of its first `frozen` layers)
+        self.key = f"whisper-base-{self.frozen}of{n}"
         self.proj = nn.Linear(self.feature_dim * stack, d_model)
         encoder.requires_grad_(False)
         for layer in encoder.layers[self.frozen:]:
             layer.requires_grad_(True)
-        encoder.layer_norm.requires_grad_(trainable_layers > 0)
+        encoder.layer_norm.requires_grad_(trainable_layers > 0 and self.final_norm)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -140,8 +150,10 @@ class WhisperBackbone(nn.Module):
             chunk = order[start:stop]
             mels = [log_mel(pieces[k][1].to(device)) for k in chunk]  # (T_k, 80) each
             mels, lengths = pad_mels(mels)  # (b, T, 80), (b,)
-            top = self.frozen == len(self.encoder.layers)
-            hidden, n = encode(self.encoder, mels, lengths, n_layers=self.frozen, final_norm=top)
+            top = self.final_norm and self.frozen == len(self.encoder.layers)
+            with torch.autocast(device.type, dtype=self.dtype or torch.float32,
+                                enabled=self.dtype is not None):
+                hidden, n = encode(self.encoder, mels, lengths, n_layers=self.frozen, final_norm=top)
             for row, k in enumerate(chunk):
                 out[k] = hidden[row, : n[row]].float().cpu()  # (T2_k, 512)
             start = stop
@@ -156,7 +168,8 @@ class WhisperBackbone(nn.Module):
             from .whisper import run_layers
 
             x = run_layers(self.encoder, x, lengths, self.frozen, len(self.encoder.layers))
-            x = self.encoder.layer_norm(x)  # (B, T, 512)
+            if self.final_norm:
+                x = self.encoder.layer_norm(x)  # (B, T, 512)
         b, t, d = x.shape
         s = self.stack
         x = F.pad(x, (0, 0, 0, (-t) % s))  # (B, s * T', 512)

@@ -31,7 +31,8 @@ def build_backbone(cfg: ExperimentConfig, pretrained: bool = False) -> torch.nn.
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         encoder = WhisperEncoder(whisper_base_config())
-    return WhisperBackbone(encoder, c.backbone_trainable_layers, c.backbone_stack, c.d_model)
+    return WhisperBackbone(encoder, c.backbone_trainable_layers, c.backbone_stack, c.d_model,
+                           c.backbone_layers)
 
 
 def feature_extractor(cfg: ExperimentConfig):
