@@ -293,7 +293,15 @@ def _restore_trainer(task: Task, folder: Path, model: nn.Module, opt, sched, wor
 
 
 def _params_identical_across_ranks(model: nn.Module) -> bool:
-    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
+    """Whether every rank holds the same trainable parameters, from a checksum of each: a few
+    numbers per parameter gathered, nothing that scales with the model (a frozen 7B LLM is
+    identical by construction and never gathered)."""
+    sums = [torch.stack([(t := p.detach().double()).sum(), t.square().sum(),
+                         (t * torch.arange(1, t.numel() + 1, device=t.device,
+                                           dtype=torch.float64).view(t.shape)).sum()])
+            for p in model.parameters() if p.requires_grad]
+    flat = torch.cat(sums) if sums else torch.zeros(1, dtype=torch.float64)  # (3 x P,)
+    flat = flat.to(next(model.parameters()).device)
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     return all(torch.equal(gathered[0], g) for g in gathered[1:])

@@ -256,3 +256,31 @@ def test_eager_and_sdpa_attention_read_the_audio_mask_alike(tmp_path):
                                                   [[3, 4, 2], [8, 2]])
         torch.testing.assert_close(losses[mask, "sdpa"], losses[mask, "eager"])
     assert not torch.allclose(losses["causal", "eager"], losses["non_causal", "eager"])
+
+
+def _replica_check(rank: int, store_file: str, results) -> None:
+    import torch.distributed as dist
+
+    from speechllama.train import _params_identical_across_ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # "frozen base": differs by rank, is never compared
+    with torch.no_grad():
+        model[0].weight.add_(rank)
+    same_trainable = _params_identical_across_ranks(model)
+    with torch.no_grad():
+        model[1].weight[0, 0].add_(1e-3 * rank)  # one trainable value differs on rank 1
+    results[rank] = (same_trainable, _params_identical_across_ranks(model))
+    dist.destroy_process_group()
+
+
+def test_end_of_run_replica_check_compares_trainable_parameters_only(tmp_path):
+    """The DDP end-of-run check gathers a checksum of the trainable parameters (nothing that
+    scales with a frozen LLM) and still catches one differing trainable value (gloo, 2 ranks)."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_replica_check, args=(str(tmp_path / "store"), results), nprocs=2)
+    assert results[0] == results[1] == (True, False)
