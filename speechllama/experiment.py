@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .checkpoint import latest_checkpoint
 from .export import export_model
-from .pipeline import STAGE1, STAGE2, WHISPER_STAGE1, Timings, _train
+from .pipeline import (STAGE1, STAGE2, WHISPER_STAGE1, StageKeys, Timings, _cached, file_key,
+                       keyed_train)
 
 # name -> stage-2 overrides; every system gets the same data, steps and wall-time cap
 SYSTEMS = {
@@ -67,33 +68,38 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
         whisper_model_dir()
     runs = out / f"{name}-runs"
     runs.mkdir(parents=True, exist_ok=True)
-    t = Timings(runs)
+    t, keys = Timings(runs), StageKeys(runs)
     train = merge_train([data, *extra_train], runs / "data") if extra_train else data / "train.jsonl"
     common = [f"data.train={train}", f"data.dev={data / 'dev.jsonl'}"]
+    corpus = [file_key(train), file_key(data / "test.jsonl")]
+    ctc_keys = {}
     if compressor is None:
         compressor = runs / "ctc"
-        t.run("ctc", _train, "ctc", compressor, common + STAGE1 + list(overrides), 2)
+        ctc_keys["ctc"] = keyed_train(t, keys, "ctc", "ctc", compressor,
+                                      common + STAGE1 + list(overrides), 2, corpus)
+    else:  # given: keyed by its weights
+        ctc_keys["ctc"] = file_key(latest_checkpoint(compressor) / "model.safetensors")
     compressors = {}
     for system, ear in EARS.items():
         compressors[system] = runs / f"ctc-{system}"
-        t.run(f"ctc-{system}", _train, "ctc", compressors[system],
-              common + STAGE1 + ear + list(overrides), 2)
+        ctc_keys[system] = keyed_train(t, keys, f"ctc-{system}", "ctc", compressors[system],
+                                       common + STAGE1 + ear + list(overrides), 2, corpus)
     # --minutes/--steps win over positional overrides (they come last)
     budget = [f"train.max_minutes={minutes}"] if minutes else []
     budget += [f"train.max_steps={steps}", "train.max_minutes=0"] if steps else []
     results = {}
     for system, extra in SYSTEMS.items():
         run_dir = runs / system
-        t.run(system, _train, "speech-llm", run_dir,
-              ["--compressor", str(compressors.get(system, compressor))] + common + STAGE2 + extra
-              + list(overrides) + budget,
-              1)
+        key = keyed_train(t, keys, system, "speech-llm", run_dir,
+                          ["--compressor", str(compressors.get(system, compressor))] + common
+                          + STAGE2 + extra + list(overrides) + budget,
+                          1, corpus + [ctc_keys.get(system, ctc_keys["ctc"])])
         model_dir = export_model(latest_checkpoint(run_dir), runs / f"{system}-model")
         report_file = runs / f"{system}-test.json"
-        if not report_file.exists():
-            evaluate_model(model_dir, data / "test.jsonl", out=report_file.with_suffix(""),
-                           per_group=per_group, ceiling=system == "speech-llama")
-        results[system] = _summary(json.loads(report_file.read_text()), t.data.get(system))
+        report = _cached(keys, report_file, [key, per_group], lambda: evaluate_model(
+            model_dir, data / "test.jsonl", out=report_file.with_suffix(""), per_group=per_group,
+            ceiling=system == "speech-llama"))
+        results[system] = _summary(report, t.data.get(system))
     if whisper:
         results["whisper-base"] = _whisper(data / "test.jsonl", per_group, runs)
     return write_table(results, out / name, data, per_group, command)

@@ -13,8 +13,10 @@ already complete and training resumes, so an interrupted demo continues.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,8 +60,44 @@ HELDOUT_PER_GROUP = 8  # the model's rows per group on each held-out set
 CTC_PER_GROUP = 25  # the compressor's recordings per group (task, language pair, subset) on each set
 
 
+# Bump when a stage's output changes for the same settings (a model or evaluation format change):
+# every stage keyed with it is then redone rather than reused.
+FORMAT_VERSION = 3
+
+
 class StageError(RuntimeError):
     """A pipeline stage that failed in its own process (its messages are already printed)."""
+
+
+def stage_key(*parts) -> str:
+    """What determines a stage's output (its settings, its inputs' keys, FORMAT_VERSION) as a short
+    hash: a stage is reused only when its key is the one it was made with."""
+    text = json.dumps([FORMAT_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_key(path: Path) -> str:
+    """The sha256 of a file's content (a corpus's manifests and statistics), shortened."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+class StageKeys:
+    """Which key each stage's output was made with (out/stage-keys.json), and which stages this
+    run reused."""
+
+    def __init__(self, out: Path):
+        self.file = out / "stage-keys.json"
+        self.data = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.reused: list[str] = []
+
+    def current(self, name: str, key: str) -> bool:
+        return self.data.get(name) == key
+
+    def done(self, name: str, key: str, reused: bool) -> None:
+        self.data[name] = key
+        if reused:
+            self.reused.append(name)
+        self.file.write_text(json.dumps(self.data, indent=1))
 
 
 class Timings:
@@ -68,6 +106,11 @@ class Timings:
     def __init__(self, out: Path):
         self.file = out / "timings.json"
         self.data = json.loads(self.file.read_text()) if self.file.exists() else {}
+
+    def forget(self, name: str) -> None:
+        """Drop a stage's time (it is redone from scratch, not resumed)."""
+        if self.data.pop(name, None) is not None:
+            self.file.write_text(json.dumps(self.data, indent=1))
 
     def run(self, name: str, fn, *args, **kwargs):
         print(f"\n== {name} ==", file=sys.stderr, flush=True)
@@ -78,11 +121,27 @@ class Timings:
         return result
 
 
+def keyed_train(t: Timings, keys: StageKeys, name: str, stage: str, run_dir: Path,
+                args: list[str], procs: int, inputs: list[str]) -> str:
+    """:func:`_train` keyed by its settings and its inputs' keys: a finished run made with the same
+    key is reused, an interrupted one resumed; a run made with other settings (or before keys
+    existed) is deleted and trained again. Returns the key."""
+    key = stage_key(stage, args, inputs)
+    if run_dir.exists() and not keys.current(name, key):
+        print(f"{run_dir}: made with other settings or inputs: training it again", file=sys.stderr)
+        shutil.rmtree(run_dir)
+        t.forget(name)
+    reused = _finished(run_dir)
+    t.run(name, _train, stage, run_dir, args, procs)
+    keys.done(name, key, reused)
+    return key
+
+
 def _train(stage: str, run_dir: Path, args: list[str], procs: int) -> None:
     """Run `speechllama train STAGE` (under torchrun when procs > 1), resuming if possible;
     a run that already ended is left as it is (continue one with `speechllama train --resume`)."""
     if _finished(run_dir):
-        print(f"{run_dir}: already trained", file=sys.stderr)
+        print(f"{run_dir}: already trained (same settings)", file=sys.stderr)
         return
     cmd = [sys.executable, "-m", "speechllama", "train", stage, "--out", str(run_dir), "--resume"]
     if procs > 1:
@@ -130,7 +189,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t, data = Timings(out), out / "data"
+    t, keys, data = Timings(out), StageKeys(out), out / "data"
     corpus = [o for o in overrides if o.strip().startswith("corpus.")]
     overrides = [o for o in overrides if o not in corpus]
     _corpus(t, data, load_config(None, corpus).corpus)
@@ -139,33 +198,35 @@ def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool
     ear, stage1 = demo_ear(overrides)
     if torch.cuda.is_available() and procs > torch.cuda.device_count():
         procs = torch.cuda.device_count()  # ranks of a GPU run: one per GPU (NCCL)
-    if ear and not _finished(out / "ctc"):  # the frozen encoder's features, with every thread
-        t.run(FEATURES_STAGE, _cache_features,
-              args + STAGE1 + stage1 + overrides)
-    t.run("stage 1: CTC compressor", _train, "ctc", out / "ctc", args + STAGE1 + stage1 + overrides, procs)
+    corpus_key = file_key(data / "stats.json")  # the corpus's settings and what it holds
+    s1_args = args + STAGE1 + stage1 + overrides
+    if ear and not keys.current("stage 1: CTC compressor", stage_key("ctc", s1_args, [corpus_key])):
+        t.run(FEATURES_STAGE, _cache_features, s1_args)  # the frozen encoder's, all threads
+    s1 = keyed_train(t, keys, "stage 1: CTC compressor", "ctc", out / "ctc", s1_args, procs,
+                     [corpus_key])
     overrides = ear + (WHISPER_STAGE2 if ear else []) + overrides  # the same sample of recordings
-    last_ctc = latest_checkpoint(out / "ctc") / "model.safetensors"
     ctc = {}
     for name, manifest in {"test": data / "test.jsonl", **heldout}.items():
         suffix = "test" if name == "test" else f"heldout-{name}"
-        ctc[name] = _cached(out / f"ctc-{suffix}.json", last_ctc, lambda m=manifest, s=suffix: t.run(
+        ctc[name] = _cached(keys, out / f"ctc-{suffix}.json", [s1, CTC_PER_GROUP], lambda m=manifest, s=suffix: t.run(
             f"stage 1: evaluation ({s})", _evaluate_ctc, out / "ctc", m, out / f"ctc-{s}"))
     runs = {"speech-llm": []} | ({"zero-audio control": ["speech_llm.zero_audio=true"]} if control else {})
     reports, heldout_reports = {}, {}
     for name, extra in runs.items():
         run_dir = out / name.replace(" ", "-")
-        t.run(f"stage 2: {name}", _train, "speech-llm", run_dir,
-              args + ["--compressor", str(out / "ctc")] + STAGE2 + extra + overrides, 1)
+        s2 = keyed_train(t, keys, f"stage 2: {name}", "speech-llm", run_dir,
+                         args + ["--compressor", str(out / "ctc")] + STAGE2 + extra + overrides, 1,
+                         [corpus_key, s1])
         model_dir = export_model(latest_checkpoint(run_dir),
                                  out / ("model" if not extra else f"{run_dir.name}-model"))
-        weights = model_dir / "model.safetensors"
-        reports[name] = _cached(out / f"{run_dir.name}-test.json", weights, lambda: t.run(
+        weights = [s2, EVAL_PER_GROUP, HELDOUT_PER_GROUP]  # what each evaluation depends on
+        reports[name] = _cached(keys, out / f"{run_dir.name}-test.json", weights, lambda: t.run(
             f"evaluation: {name}", evaluate_model, model_dir, data / "test.jsonl",
             out=out / f"{run_dir.name}-test", per_group=EVAL_PER_GROUP, ceiling=not extra))
         if extra:
             continue
         for held, manifest in heldout.items():  # the model that listens, on voices it never heard
-            heldout_reports[held] = _cached(out / f"{run_dir.name}-heldout-{held}.json", weights, lambda m=manifest, h=held: t.run(
+            heldout_reports[held] = _cached(keys, out / f"{run_dir.name}-heldout-{held}.json", weights, lambda m=manifest, h=held: t.run(
                 f"evaluation: held-out {h}", evaluate_model, model_dir, m, out=out / f"{run_dir.name}-heldout-{h}",
                 per_group=HELDOUT_PER_GROUP, ceiling=False, llm_alone=False))
     examples = t.run("inference examples", _examples, out / "model", data / "test.jsonl")
@@ -173,7 +234,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool
 
     report = out / "report.md"
     report.write_text(demo_report(out, data, ctc, reports, heldout_reports, examples, t.data,
-                                  EVAL_PER_GROUP, HELDOUT_PER_GROUP))
+                                  EVAL_PER_GROUP, HELDOUT_PER_GROUP, keys.reused))
     print(report.read_text())
     return report
 
@@ -219,12 +280,16 @@ def _evaluate_ctc(checkpoint: Path, manifest: Path, out: Path) -> dict:
     return report
 
 
-def _cached(result: Path, newer_than: Path, compute) -> dict:
-    """The JSON in ``result`` when it was written after ``newer_than`` (that model was already
-    evaluated), else ``compute()``, which writes it."""
-    if result.exists() and result.stat().st_mtime > newer_than.stat().st_mtime:
+def _cached(keys: StageKeys, result: Path, inputs: list, compute) -> dict:
+    """The JSON in ``result`` when it was made from the same ``inputs`` (the keys of the model it
+    evaluates and the evaluation's settings), else ``compute()``, which writes it."""
+    name, key = result.name, stage_key("evaluate", result.name, inputs)
+    if result.exists() and keys.current(name, key):
+        keys.done(name, key, reused=True)
         return json.loads(result.read_text())
-    return compute()
+    report = compute()
+    keys.done(name, key, reused=False)
+    return report
 
 
 def _examples(model_dir: Path, manifest: Path) -> list[dict]:

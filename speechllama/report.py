@@ -86,7 +86,8 @@ def _heldout_section(ctc: dict, heldout: dict, per_group: int) -> list[str]:
 
 
 def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, examples: list[dict],
-                timings: dict, per_group: int, heldout_per_group: int) -> str:
+                timings: dict, per_group: int, heldout_per_group: int,
+                reused: list[str] = ()) -> str:
     stats = json.loads((data / "stats.json").read_text())
     main = reports["speech-llm"]
     params = main["parameters"]
@@ -168,4 +169,6 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, 
               "| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += [f"| **total (without installation)** | **{sum(timings.values()):.0f}** |"]
+    lines += ["", "Reused from an earlier run with the same settings and inputs (stage keys in "
+              "`stage-keys.json`): " + (", ".join(reused) if reused else "nothing") + "."]
     return "\n".join(lines) + "\n"
