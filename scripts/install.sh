@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
+command -v python3 >/dev/null || need+=(python3)
+# stock Debian/Ubuntu ship python3 without venv/ensurepip (the python3-venv package)
+python3 -c "import ensurepip, venv" 2>/dev/null || need+=(python3-venv)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 [ -d /usr/share/games/fillets-ng/script ] || need+=(fillets-ng-data)
 for lang in cs nl; do  # the human voice acting: real speech for training and the held-out set

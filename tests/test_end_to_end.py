@@ -20,7 +20,8 @@ def test_demo_command_runs_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "speechllama", "demo", "--out", str(out), "--procs", "1",
            "corpus.langs=[de]", "corpus.sentences_per_lang=30", "corpus.numbers_per_lang=6",
            "corpus.kokoro_heldout_per_lang=2", "corpus.real_speech=[cs]",
-           "train.max_steps=3", "train.log_every=1", "data.max_frames=1200", "data.max_seconds=8"]
+           "train.max_steps=3", "train.log_every=1", "data.max_frames=1200", "data.max_seconds=8",
+           "data.max_hours=0.05"]  # the ear's features: a 3-minute sample of the training audio
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -33,6 +34,9 @@ def test_demo_command_runs_end_to_end(tmp_path):
         assert line in report, line
     assert (out / "model" / "model.safetensors").exists()
     assert "translate :" in proc.stderr and "transcribe:" in proc.stderr
+    # the pretrained ear by default, and the cascade next to the text-MT ceiling
+    assert "Ear (`compressor.backbone=whisper-base`)" in report
+    assert "cascade (frozen LLM, its compressor's greedy transcripts)" in report
 
 
 def test_sigterm_stops_the_training_child_too(tmp_path):
