@@ -188,6 +188,9 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
         else FbankExtractor()
     store = load_features([u.audio for u in utts], feature_cache_path(manifest, extractor.key),
                           extractor=extractor)
+    if store.errors:  # scored without them: say so where a person reads it, not only in the JSON
+        print(f"{manifest}: {len(store.errors)} unreadable audio file(s) left out of the scores, "
+              f"e.g. {store.errors[0]}", file=sys.stderr)
     utts = [u for u in utts if u.audio in store]
     requests = [Request(store.get(u.audio), u.task, u.src_lang, u.tgt_lang) for u in utts]
     start = time.time()

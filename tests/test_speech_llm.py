@@ -325,3 +325,19 @@ def test_llm_token_spans_start_as_the_transcripts_embeddings_and_reload(trained,
     model_dir = export_model(latest_checkpoint(out), tmp_path / "model")
     waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
     assert load(model_dir).translate(waves, src_lang="de") == load(out).translate(waves, src_lang="de")
+
+
+def test_evaluation_says_which_audio_it_left_out(trained, tmp_path, capsys):
+    """A row whose audio cannot be decoded is left out of the scores, and the evaluation says so on
+    stderr (not only in the report's JSON)."""
+    corpus, run, _ = trained
+    rows = [json.loads(x) for x in (corpus / "dev.jsonl").read_text().splitlines()]
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt not really")
+    rows.append({**rows[0], "id": "broken-asr", "audio": str(tmp_path / "broken.wav")})
+    manifest = tmp_path / "dev.jsonl"
+    manifest.write_text("".join(json.dumps({**r, "audio": str(corpus / r["audio"])
+                                            if not r["audio"].startswith("/") else r["audio"]}) + "\n"
+                                for r in rows))
+    report = evaluate_model(run, manifest, ceiling=False, llm_alone=False)
+    assert len(report["skipped_audio"]) == 1
+    assert "1 unreadable audio file(s) left out of the scores" in capsys.readouterr().err

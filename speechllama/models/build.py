@@ -275,6 +275,11 @@ def load_speech_llm(path: str | Path, check_hash: bool = True,
         except (FileNotFoundError, ValueError) as e:
             if cfg.speech_llm.piece_prior or cfg.speech_llm.spans == "llm_tokens":
                 raise CheckpointError(str(e)) from None
+            import warnings
+
+            warnings.warn(f"{folder}: its CTC labels cannot be read ({e}); joint CTC/LLM decoding, "
+                          "word times and pause-based segmenting are off for this model",
+                          stacklevel=2)
     model, tokenizer = build_speech_llm(cfg, build_compressor(cfg), folder, ctc_tokenizer,
                                         frozen_dtype, vocab_ids=tensors.get("output_vocab"))
     try:
