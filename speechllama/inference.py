@@ -13,6 +13,7 @@ import torch
 
 from .audio import SAMPLE_RATE, load_audio, validate_wave
 from .data.batching import LengthBucketSampler, pad_feats
+from .data.features import FbankExtractor
 from .decode import DecodingOptions, token_budget
 from .device import resolve_device
 from .models.build import SpeechLLMBundle, load_speech_llm
@@ -97,14 +98,7 @@ def features_of(audio: AudioLike, model: SpeechToText | None = None) -> torch.Te
     """Path or 16 kHz array (:func:`wave_of`) -> the features ``model`` reads (T, D): its CTC
     compressor backbone's (fbank or Whisper encoder states); fbank (T, 80) without a model."""
     wave = wave_of(audio)
-    return model.features([wave])[0] if model is not None else fbank_features([wave])[0]
-
-
-def fbank_features(waves) -> list[torch.Tensor]:
-    """Kaldi fbank (T, 80) of each wave: the features of a model without a CTC compressor."""
-    from .audio import fbank
-
-    return [fbank(w) for w in waves]
+    return (model.features if model is not None else FbankExtractor())([wave])[0]
 
 
 class SpeechToText:
@@ -120,7 +114,8 @@ class SpeechToText:
         self.device = next(bundle.model.parameters()).device  # load() placed the model
         self.ctc_map, self.no_joint = joint_ctc_map(bundle)
         self.compressor = getattr(bundle.model, "compressor", None)  # the encoder-decoder has none
-        self.features = self.compressor.features if self.compressor is not None else fbank_features
+        # what the model reads: its compressor's features; fbank for the encoder-decoder
+        self.features = self.compressor.features if self.compressor is not None else FbankExtractor()
         self.feature_rate = self.compressor.feature_rate if self.compressor is not None else 100
         self.options = self.resolve(options)
         self.prompter = Prompter(bundle.tokenizer, bundle.config.llm.system_prompt)

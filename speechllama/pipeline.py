@@ -122,16 +122,19 @@ class Timings:
 
 
 def keyed_train(t: Timings, keys: StageKeys, name: str, stage: str, run_dir: Path,
-                args: list[str], procs: int, inputs: list[str]) -> str:
+                args: list[str], procs: int, inputs: list[str], before=None) -> str:
     """:func:`_train` keyed by its settings and its inputs' keys: a finished run made with the same
     key is reused, an interrupted one resumed; a run made with other settings (or before keys
-    existed) is deleted and trained again. Returns the key."""
+    existed) is deleted and trained again. ``before()`` runs first unless the run is reused.
+    Returns the key."""
     key = stage_key(stage, args, inputs)
     if run_dir.exists() and not keys.current(name, key):
         print(f"{run_dir}: made with other settings or inputs: training it again", file=sys.stderr)
         shutil.rmtree(run_dir)
         t.forget(name)
     reused = _finished(run_dir)
+    if before is not None and not reused:
+        before()
     t.run(name, _train, stage, run_dir, args, procs)
     keys.done(name, key, reused)
     return key
@@ -200,10 +203,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", procs: int = 2, control: bool
         procs = torch.cuda.device_count()  # ranks of a GPU run: one per GPU (NCCL)
     corpus_key = file_key(data / "stats.json")  # the corpus's settings and what it holds
     s1_args = args + STAGE1 + stage1 + overrides
-    if ear and not keys.current("stage 1: CTC compressor", stage_key("ctc", s1_args, [corpus_key])):
-        t.run(FEATURES_STAGE, _cache_features, s1_args)  # the frozen encoder's, all threads
+    features = (lambda: t.run(FEATURES_STAGE, _cache_features, s1_args)) if ear else None
     s1 = keyed_train(t, keys, "stage 1: CTC compressor", "ctc", out / "ctc", s1_args, procs,
-                     [corpus_key])
+                     [corpus_key], before=features)  # the frozen encoder's features: all threads
     overrides = ear + (WHISPER_STAGE2 if ear else []) + overrides  # the same sample of recordings
     ctc = {}
     for name, manifest in {"test": data / "test.jsonl", **heldout}.items():

@@ -28,7 +28,7 @@ from ..progress import progress as progress_bar
 class FbankExtractor:
     """The paper's features: Kaldi fbank (T, 80) of each wave (what the scratch backbone reads)."""
 
-    key = "fbank"
+    key, feature_dim = "fbank", 80
 
     def __call__(self, waves: list) -> list[torch.Tensor]:
         return [fbank(w) for w in waves]
@@ -111,7 +111,8 @@ def load_features(audio_paths: list[str], cache_file: str | os.PathLike, progres
     """Features of every distinct path: those ``cache_file`` holds for the file as it is now (same
     size and mtime), the others computed (in chunks of ``chunk`` files: ``extractor`` batches them)
     and added to the cache. ``extractor``: a callable list of 16 kHz waves -> list of (T_i, F)
-    with a ``key`` naming it (default: fbank). A cache of another extractor is replaced.
+    with a ``key`` naming it and its ``feature_dim`` (default: fbank). A cache of another
+    extractor is replaced.
 
     Files that fail to decode are skipped and reported in ``FeatureStore.errors``.
     """
@@ -145,8 +146,8 @@ def load_features(audio_paths: list[str], cache_file: str | os.PathLike, progres
             start += feats.shape[0]
         bar.update(len(todo[i:i + chunk]))
     bar.close()
-    dim = getattr(extractor, "feature_dim", 80)
-    all_feats = torch.cat(chunks) if chunks else torch.zeros(0, dim, dtype=torch.float16)
+    all_feats = torch.cat(chunks) if chunks else torch.zeros(0, extractor.feature_dim,
+                                                             dtype=torch.float16)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
     save_file({"feats": all_feats.contiguous()}, str(tmp),

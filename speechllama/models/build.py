@@ -166,7 +166,7 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
         vocab = OutputVocab(vocab_ids, llm.get_output_embeddings().weight.shape[0])
     spans = (ctc_tokenizer, tokenizer) if s.spans == "llm_tokens" else None
     model = SpeechLLM(compressor, encoder, llm, s.compression, s.audio_mask == "causal",
-                      s.freeze_compressor, s.zero_audio, vocab, spans, s.piece_prior)
+                      s.freeze_compressor, s.zero_audio, vocab, spans)
     return model, tokenizer
 
 

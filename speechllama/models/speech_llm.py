@@ -33,12 +33,12 @@ class SpeechLLM(nn.Module):
     def __init__(self, compressor: CTCCompressor, encoder: AudioEncoder, llm: nn.Module,
                  compression: str, causal_audio: bool, freeze_compressor: bool = True,
                  zero_audio: bool = False, vocab: OutputVocab | None = None,
-                 token_spans: tuple | None = None, token_prior: bool = True):
+                 token_spans: tuple | None = None):
         super().__init__()
         # (CTC tokenizer, LLM tokenizer): compress to spans of the LLM's tokens of the greedy
         # transcript (speech_llm.spans=llm_tokens), each starting from that token's embedding
-        # when ``token_prior``; None: one vector per run of a greedy CTC label
-        self.token_spans, self.token_prior = token_spans, token_prior
+        # when the encoder is gated (the piece prior); None: one vector per greedy label's run
+        self.token_spans = token_spans
         self.compressor, self.encoder, self.llm = compressor, encoder, llm
         self.vocab = vocab  # the restricted output vocabulary (speech_llm.output_vocab), or None
         self.compression, self.causal_audio = compression, causal_audio
@@ -63,7 +63,7 @@ class SpeechLLM(nn.Module):
                 compressed, n, ids = token_compress(hidden, logits, frames, *self.token_spans,
                                                     mode=self.compression)  # (B, S, C), (B, S)
                 labels = None
-                if self.token_prior:
+                if self.encoder.gate is not None:
                     with torch.no_grad():  # the frozen LLM's own embedding of each token
                         prior = self.llm.get_input_embeddings()(ids)  # (B, S, H)
             elif self.encoder.piece_embeds is None:

@@ -30,10 +30,10 @@ def feature_cache_path(manifest: str | Path, key: str = "fbank") -> Path:
     return manifest.parent / ".fbank" / name
 
 
-def training_audio(cfg: ExperimentConfig, manifest: str | Path | None = None) -> set[str]:
+def training_audio(cfg: ExperimentConfig) -> set[str]:
     """The audio files of the training manifest that training uses: all, or the seeded sample of
     ``data.max_hours`` (the same for both stages)."""
-    paths = [u.audio for u in read_manifest(manifest or cfg.data.train)]
+    paths = [u.audio for u in read_manifest(cfg.data.train)]
     return set(sample_hours(paths, cfg.data.max_hours, cfg.train.seed))
 
 
