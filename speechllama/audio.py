@@ -19,6 +19,9 @@ import soundfile as sf
 import soxr
 import torch
 
+from .errors import UsageError
+from .errors import UserError
+
 # hard-coded audio hyperparameters (Kaldi compute-fbank-feats defaults, 80 bins)
 SAMPLE_RATE = 16000  # Hz; every feature is computed at this rate
 N_MELS = 80  # mel filterbank channels
@@ -35,7 +38,7 @@ MIN_SECONDS = 0.1  # shorter clips are rejected: 0.1 s = 8 fbank frames, too few
 SILENCE_PEAK = 1e-4  # peak |x| below this (~ -80 dBFS, ~3 int16 steps) is digital silence / dither only
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """Raised for unusable audio; the message always starts with the file (or given) name."""
 
 
@@ -220,7 +223,7 @@ def fbank(wave: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) -> to
     """
     if sample_rate != SAMPLE_RATE:
         if sample_rate <= 0:
-            raise ValueError(f"invalid sample rate {sample_rate!r}")
+            raise UsageError(f"invalid sample rate {sample_rate!r}")
         device = wave.device if torch.is_tensor(wave) else torch.device("cpu")
         array = wave.detach().cpu().numpy() if torch.is_tensor(wave) else np.asarray(wave)
         array = soxr.resample(np.asarray(array, dtype=np.float32), sample_rate, SAMPLE_RATE, quality="HQ")

@@ -18,6 +18,7 @@ import torch
 
 from .audio import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, load_audio, num_frames
 from .config import AugmentConfig
+from .errors import UsageError
 
 TELEPHONE_RATE = 8000  # Hz, narrowband telephony (G.711)
 TELEPHONE_BAND = (300.0, 3400.0)  # Hz, the passband of a telephone channel
@@ -137,7 +138,7 @@ class Augmenter:
 
     def __init__(self, cfg: AugmentConfig, babble_paths: Sequence[str] = ()):
         if cfg.noise_prob > 0 and "babble" in cfg.noise_kinds and not babble_paths:
-            raise ValueError("babble noise needs recordings to mix in (babble_paths)")
+            raise UsageError("babble noise needs recordings to mix in (babble_paths)")
         self.cfg, self.babble_paths = cfg, list(babble_paths)
 
     def speeds_for(self, n_frames: int, max_frames: int, min_frames: int = 0) -> list[float]:

@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint folder that is missing, incomplete or inconsistent (names the path)."""
 
 

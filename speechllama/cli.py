@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .errors import UserError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -461,17 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from .data import CorpusError
-    from .pipeline import StageError
 
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C, children included
     try:
         return args.func(args)
-    except (ValueError, OSError, CorpusError, StageError) as e:  # our errors name the file, line or key
-        if os.environ.get("SPEECHLLAMA_DEBUG"):
-            raise
+    except (UserError, OSError) as e:
+        if not _users_error(e) or os.environ.get("SPEECHLLAMA_DEBUG"):
+            raise  # a bug keeps its traceback
         print(f"speechllama: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -481,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
+
+
+def _users_error(e: BaseException) -> bool:
+    """One line for the user's mistakes (errors.py): a UserError, or an OS error about a named file
+    (missing, unreadable, a full disk). Everything else is a bug and keeps its traceback."""
+    return isinstance(e, UserError) or (isinstance(e, OSError) and e.filename is not None)
 
 
 def _interrupt(signum, frame):

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .errors import UsageError
+
 NEG = float("-inf")
 
 
@@ -46,9 +48,9 @@ class CTCPrefixScorer:
     def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, token_map: torch.Tensor,
                  weight: float, candidates: int = 10, blank: int = 0):
         if not 0.0 < weight <= 1.0:
-            raise ValueError(f"ctc_weight must be in (0, 1] for joint decoding, got {weight}")
+            raise UsageError(f"ctc_weight must be in (0, 1] for joint decoding, got {weight}")
         if candidates < 1:
-            raise ValueError(f"ctc_candidates must be at least 1, got {candidates}")
+            raise UsageError(f"ctc_candidates must be at least 1, got {candidates}")
         B, T, _ = log_probs.shape
         frames = torch.arange(T, device=log_probs.device)[None, :] < lengths.to(log_probs.device)[:, None]
         # frames past a row's end can emit nothing: every path ends at the row's last frame

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from .errors import UsageError
 from .models.llm_family import head_logits, llm_attention_mask
 
 
@@ -50,21 +51,21 @@ class DecodingOptions:
 
 def _verify_options(options: DecodingOptions) -> None:
     if options.beam_size < 1:
-        raise ValueError(f"beam_size must be at least 1 (1 means greedy decoding), got {options.beam_size}.")
+        raise UsageError(f"beam_size must be at least 1 (1 means greedy decoding), got {options.beam_size}.")
     if options.max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must not be negative, got {options.max_new_tokens}.")
+        raise UsageError(f"max_new_tokens must not be negative, got {options.max_new_tokens}.")
     if not options.max_tokens_per_second >= 0:
-        raise ValueError(
+        raise UsageError(
             f"max_tokens_per_second must be >= 0 (0 disables it), got {options.max_tokens_per_second}."
         )
     if not math.isfinite(options.length_penalty):
-        raise ValueError(f"length_penalty must be a finite number, got {options.length_penalty}.")
+        raise UsageError(f"length_penalty must be a finite number, got {options.length_penalty}.")
     if options.ctc_weight is not None and not 0 <= options.ctc_weight <= 1:
-        raise ValueError(f"ctc_weight must be in [0, 1] (0 = the LLM alone), got {options.ctc_weight}.")
+        raise UsageError(f"ctc_weight must be in [0, 1] (0 = the LLM alone), got {options.ctc_weight}.")
     if options.ctc_candidates < 1:
-        raise ValueError(f"ctc_candidates must be at least 1, got {options.ctc_candidates}.")
+        raise UsageError(f"ctc_candidates must be at least 1, got {options.ctc_candidates}.")
     if options.no_repeat_ngram_size < 0:
-        raise ValueError(
+        raise UsageError(
             f"no_repeat_ngram_size must be >= 0 (0 disables it), got {options.no_repeat_ngram_size}."
         )
 

@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from .errors import UsageError
+
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" is accepted too
 
 
@@ -15,16 +17,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
     ``cuda`` or ``cuda:N``: that GPU, and a one-line error when there is none."""
     spec = (spec or "auto").strip().lower()
     if spec not in DEVICES and not spec.startswith("cuda:"):
-        raise ValueError(f"device {spec!r}: expected one of {', '.join(DEVICES)} or cuda:N")
+        raise UsageError(f"device {spec!r}: expected one of {', '.join(DEVICES)} or cuda:N")
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r}: no CUDA device is available here "
+        raise UsageError(f"device {spec!r}: no CUDA device is available here "
                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
                          f"use device cpu or auto")
     index = int(spec.split(":", 1)[1]) if ":" in spec else int(os.environ.get("LOCAL_RANK", "0"))
     if index >= torch.cuda.device_count():
-        raise ValueError(f"device {spec!r}: cuda:{index} does not exist "
+        raise UsageError(f"device {spec!r}: cuda:{index} does not exist "
                          f"({torch.cuda.device_count()} CUDA devices)")
     return torch.device("cuda", index)
 

@@ -17,6 +17,7 @@ import jiwer
 import torch
 
 from .data.batching import LengthBucketSampler, pad_feats
+from .errors import UsageError
 from .models.build import CompressorBundle, load_compressor
 from .models.ctc_compressor import ctc_compress
 from .text import normalize
@@ -72,7 +73,7 @@ def evaluate_ctc(checkpoint: str | Path, manifest: str | Path, progress: bool = 
     recs, store = manifest_recordings(manifest, BackboneFeatures(bundle.model.backbone), progress,
                                       keep)
     if not recs:
-        raise ValueError(f"{manifest}: no rows with a source transcript (src_text) to evaluate")
+        raise UsageError(f"{manifest}: no rows with a source transcript (src_text) to evaluate")
     texts, ratios = ctc_outputs(bundle, [store.get(r[0]) for r in recs])
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(recs):

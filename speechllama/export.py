@@ -34,6 +34,7 @@ import torch
 
 from .checkpoint import load_tensors, resolve_checkpoint, save_tensors
 from .config import ExperimentConfig, load_config, save_config
+from .errors import UsageError
 from .text import LLM_TOKENS_FILE, SENTENCEPIECE_FILE
 
 CTC_LABEL_FILES = (SENTENCEPIECE_FILE, LLM_TOKENS_FILE)  # a checkpoint holds one of the two
@@ -75,15 +76,15 @@ def export(model: str | os.PathLike, out: str | os.PathLike, merge_lora: bool = 
 
     out = Path(out)
     if merge_lora and peft_adapter:
-        raise ValueError("--merge-lora and --peft-adapter exclude each other: the adapter applies "
+        raise UsageError("--merge-lora and --peft-adapter exclude each other: the adapter applies "
                          "to the unmerged LLM in OUT/llm (export twice, into two folders, for both)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: already exists and is not an empty folder (choose a new --out)")
+        raise UsageError(f"{out}: already exists and is not an empty folder (choose a new --out)")
     folder = resolve_checkpoint(model)
     cfg = load_config(folder / "config.yaml")
     has_lora = not _own_llm(cfg) and cfg.llm.lora_rank > 0
     if (merge_lora or peft_adapter) and not has_lora:
-        raise ValueError(f"{folder}: the model has no LoRA to "
+        raise UsageError(f"{folder}: the model has no LoRA to "
                          f"{'merge' if merge_lora else 'write as a peft adapter'} "
                          "(llm.lora_rank=0, or an LLM trained from scratch)")
     print(f"export: loading {folder}", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from .data.batching import LengthBucketSampler, pad_feats
 from .data.features import FbankExtractor
 from .decode import DecodingOptions, token_budget
 from .device import resolve_device
+from .errors import UsageError
 from .models.build import SpeechLLMBundle, load_speech_llm
 from .models.prompt import Prompter, stop_ids
 from .segment import Span, compressor_log_probs, pause_labels, seconds, segment_wave
@@ -55,6 +57,7 @@ class Segment:
     start: float  # seconds from the start of the file
     end: float  # seconds; segments cover the file in order without overlap
     text: str  # "" for silence (every greedy CTC label a pause: not decoded) or no output
+    words: list[Word] | None = None  # its word times; None: not asked for, or not alignable
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,9 @@ class Word:
 class Transcript:
     """A decoded file. ``words`` is None when word times are not available: translations (their
     words have no CTC labels), ``Job.word_timestamps=False``, a model without a CTC compressor and
-    its labels, or a transcript the labels cannot spell (a character or token they lack) or that no
-    CTC path fits; [] for an empty transcript."""
+    its labels; [] for an empty transcript. A segment whose text the labels cannot spell (a
+    character or token they lack) or that no CTC path fits has ``Segment.words`` None and adds no
+    words here; the other segments keep theirs, and a warning names the segments left out."""
 
     task: str  # "asr" or "st"
     language: str  # of ``text``: the source language for "asr", the target for "st" ("" unknown)
@@ -80,6 +84,16 @@ class Transcript:
     text: str  # the segments' texts joined by single spaces
     segments: list[Segment]
     words: list[Word] | None
+
+
+def file_words(name: str, segments: list[Segment]) -> list[Word]:
+    """The words of a file: its segments' words in order; a warning names the segments with text
+    whose words could not be timed (``Segment.words`` None), whose words are then not listed."""
+    missing = [s.id for s in segments if s.text and s.words is None]
+    if missing:
+        warnings.warn(f"{name}: no word times for segment(s) {missing}: their text cannot be aligned "
+                      f"to the CTC labels (a character they lack, or no CTC path fits)", stacklevel=3)
+    return [w for s in segments if s.words for w in s.words]
 
 
 def target_lang(job: Job) -> str:
@@ -128,7 +142,7 @@ class SpeechToText:
             weight = DEFAULT_CTC_WEIGHT if self.ctc_map is not None else 0.0
             return dataclasses.replace(options, ctc_weight=weight)
         if options.ctc_weight > 0 and self.ctc_map is None:
-            raise ValueError(f"{self.bundle.path}: joint CTC/LLM decoding (ctc_weight="
+            raise UsageError(f"{self.bundle.path}: joint CTC/LLM decoding (ctc_weight="
                              f"{options.ctc_weight}) is not possible: {self.no_joint}")
         return options
 
@@ -168,52 +182,60 @@ class SpeechToText:
         out = []
         for job, (wave, spans, feats) in zip(jobs, plans):
             said = ["" if s.silent else next(texts) for s in spans]
-            segments = [Segment(i, seconds(s.start), seconds(s.end), t)
-                        for i, (s, t) in enumerate(zip(spans, said))]
-            words = self._words(spans, feats, said) \
-                if job.task == "asr" and job.word_timestamps else None
+            timed = job.task == "asr" and job.word_timestamps and self.aligns
+            words = self._words(spans, feats, said) if timed else [None] * len(spans)
+            segments = [Segment(i, seconds(s.start), seconds(s.end), t, w)
+                        for i, (s, t, w) in enumerate(zip(spans, said, words))]
             out.append(Transcript(job.task, target_lang(job), seconds(len(wave)),
-                                  " ".join(t for t in said if t), segments, words))
+                                  " ".join(t for t in said if t), segments,
+                                  file_words(job.name, segments) if timed else None))
         return out
+
+    @property
+    def aligns(self) -> bool:
+        """Whether this model gives word times: its CTC compressor and labels (Transcript.words)."""
+        return self.compressor is not None and self.bundle.ctc_tokenizer is not None
+
+    def segments(self, wave: np.ndarray) -> list[Span]:
+        """Where a checked wave (16 kHz) is cut into the segments :meth:`run` decodes: at pauses,
+        none longer than ``max_segment_s`` (default: the longest clip the model was trained on)."""
+        trained_s = self.bundle.config.data.max_seconds
+        with torch.inference_mode():
+            return segment_wave(wave, self.compressor, self.bundle.cmvn, self.max_segment_s or trained_s,
+                                trained_s, pause_labels(self.bundle.ctc_tokenizer))
 
     @torch.inference_mode()
     def _segments(self, job: Job) -> tuple[np.ndarray, list[Span], list[torch.Tensor]]:
         """A job's checked wave, its segments and their features (T_i, D)."""
         if job.task not in ("asr", "st"):
-            raise ValueError(f"{job.name}: task must be 'asr' or 'st', got {job.task!r}")
+            raise UsageError(f"{job.name}: task must be 'asr' or 'st', got {job.task!r}")
         wave = validate_wave(job.wave, SAMPLE_RATE, str(job.name))
-        trained_s = self.bundle.config.data.max_seconds
-        spans = segment_wave(wave, self.compressor, self.bundle.cmvn,
-                             self.max_segment_s or trained_s, trained_s,
-                             pause_labels(self.bundle.ctc_tokenizer))
+        spans = self.segments(wave)
         return wave, spans, self.features([wave[s.start : s.end] for s in spans])
 
     @torch.inference_mode()
     def _words(self, spans: list[Span], feats: list[torch.Tensor], texts: list[str],
-               ) -> list[Word] | None:
-        """Word times of a transcript: each segment's text force-aligned to its compressor's CTC
-        log-probs (:mod:`speechllama.align`); None where that is not possible (Transcript)."""
+               ) -> list[list[Word] | None]:
+        """Each segment's word times: its text force-aligned to the compressor's CTC log-probs
+        (:mod:`speechllama.align`); None for a segment where that is not possible (Transcript)."""
         from .align import word_frames
 
         compressor = self.compressor
-        if compressor is None or self.bundle.ctc_tokenizer is None:
-            return None
         samples = compressor.frame_samples
         device = next(compressor.parameters()).device
-        words = []
+        out = []
         for span, f, text in zip(spans, feats, texts):
             if not text:
+                out.append([])
                 continue
             f = torch.as_tensor(f, device=device)  # the segment's features, on the model's device
             log_probs = compressor_log_probs(compressor, self.bundle.cmvn(f))  # (F, V)
             found = word_frames(self.bundle.ctc_tokenizer, text, log_probs)
-            if found is None:
-                return None
             end = seconds(span.end)
-            words += [Word(min(seconds(span.start + a * samples), end),
-                           min(seconds(span.start + b * samples), end), w)
-                      for w, a, b in found]
-        return words
+            out.append(None if found is None else
+                       [Word(min(seconds(span.start + a * samples), end),
+                             min(seconds(span.start + b * samples), end), w) for w, a, b in found])
+        return out
 
     @torch.inference_mode()
     def decode(self, requests: Sequence[Request], options: DecodingOptions | None = None) -> list[str]:

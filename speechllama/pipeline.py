@@ -29,6 +29,7 @@ from .checkpoint import latest_checkpoint, read_json
 from .config import load_config
 from .export import export_model
 from .report import FEATURES_STAGE
+from .errors import UserError
 
 # Demo settings: sized so the whole demo, installation and the zero-audio control included, fits
 # 15 minutes on 2 cores (docs/design.md, "The demo's budget"). Steps and minutes are both set: the
@@ -65,7 +66,7 @@ CTC_PER_GROUP = 20  # the compressor's recordings per group (task, language pair
 FORMAT_VERSION = 3
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A pipeline stage that failed in its own process (its messages are already printed)."""
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .config import ExperimentConfig
+from .errors import MissingFileError, UsageError
 from .step_trace import BatchShape, Trace, trace_step
 
 # T' / S of CTC compression. Subword labels (llm_tokens, sentencepiece): measured on the demo
@@ -95,11 +96,11 @@ def llm_config(cfg: ExperimentConfig):
     from .models.shipped import resolve_llm
 
     if cfg.speech_llm.system != "decoder_only" or cfg.llm.init != "pretrained":
-        raise ValueError("speechllama plan covers the Speech-LLaMA system on a pretrained LLM "
+        raise UsageError("speechllama plan covers the Speech-LLaMA system on a pretrained LLM "
                          "(speech_llm.system=decoder_only, llm.init=pretrained)")
     path = resolve_llm(cfg.llm.path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+        raise MissingFileError(f"{path}: not a Hugging Face model folder (no config.json)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     family_of(config)
     return path, config
@@ -233,10 +234,10 @@ def make_plan(cfg: ExperimentConfig, config_name: str = "", gpus: int = 1,
     assumed batch shape."""
     parallel = parallel or cfg.train.parallel
     if parallel not in ("ddp", "fsdp"):
-        raise ValueError(f"parallel must be ddp or fsdp, got {parallel!r}")
+        raise UsageError(f"parallel must be ddp or fsdp, got {parallel!r}")
     if gpus < 1 or gpu_memory <= 0 or (seconds is not None and seconds <= 0) or (
             ratio is not None and ratio < 1):
-        raise ValueError("--gpus must be >= 1, --gpu-memory and --seconds > 0, "
+        raise UsageError("--gpus must be >= 1, --gpu-memory and --seconds > 0, "
                          "--compression-ratio >= 1")
     folder, config = llm_config(cfg)
     model = meta_speech_llm(cfg, config)

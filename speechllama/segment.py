@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE
+from .errors import UsageError
 from .text import BLANK
 
 MARGIN_S = 1.0  # seconds of context a window sees on each side of the labels it keeps
@@ -143,13 +144,13 @@ def segment_wave(wave: np.ndarray, compressor, cmvn, max_segment_s: float, windo
     frame_s = samples / SAMPLE_RATE
     max_frames = int(round(max_segment_s / frame_s, 6))
     if not max_segment_s >= 2 * MIN_SEGMENT_S:
-        raise ValueError(f"max_segment_s must be at least {2 * MIN_SEGMENT_S:g} s, "
+        raise UsageError(f"max_segment_s must be at least {2 * MIN_SEGMENT_S:g} s, "
                          f"got {max_segment_s}")
     if compressor is not None:  # feature frames, a multiple of the stride
         per, margin = compressor.stride, margin_frames(compressor)
         window = per * (int(round(window_s * compressor.feature_rate, 6)) // per)
         if window <= 2 * margin + per:
-            raise ValueError(f"data.max_seconds={window_s}: too short a window to label long "
+            raise UsageError(f"data.max_seconds={window_s}: too short a window to label long "
                              f"audio in (at least {(2 * margin + 2 * per) / compressor.feature_rate:g} s)")
     if n <= max_frames * samples:
         return [Span(0, n)]

@@ -8,6 +8,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .errors import UsageError
+
 if TYPE_CHECKING:
     from .inference import Segment, Transcript
 
@@ -76,4 +78,4 @@ def render(transcript: Transcript, fmt: str, words: bool = True) -> str:
         return to_srt(transcript.segments)
     if fmt == "vtt":
         return to_vtt(transcript.segments)
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from .errors import MissingFileError, UsageError
+
 BLANK = 0  # CTC blank id; sentencepiece's <pad> slot, which encode() never emits
 UNK = 1
 SENTENCEPIECE_FILE = "tokenizer.model"  # a checkpoint's CTC labels, compressor.labels=sentencepiece
@@ -68,7 +70,7 @@ class CTCTokenizer:
                 minloglevel=2,
             )
         except RuntimeError as e:  # e.g. fewer pieces than distinct characters
-            raise ValueError(f"cannot train the CTC vocabulary (compressor.vocab_size="
+            raise UsageError(f"cannot train the CTC vocabulary (compressor.vocab_size="
                              f"{vocab_size}): {str(e).split(']')[-1].strip()}") from e
         return cls(buf.getvalue())
 
@@ -128,7 +130,7 @@ class LLMTokenCTCTokenizer:
         probe = cls(llm_tokenizer, [])
         ids = sorted({i for t in texts for i in probe._llm_encode(t)})
         if not ids:
-            raise ValueError("cannot build the CTC labels: no transcript has any text")
+            raise UsageError("cannot build the CTC labels: no transcript has any text")
         return cls(llm_tokenizer, ids)
 
     @property
@@ -165,7 +167,7 @@ class LLMTokenCTCTokenizer:
         data = json.loads(Path(file).read_text())
         ids, tokens = data["llm_ids"], data["llm_tokens"]
         if any(i >= len(llm_tokenizer) for i in ids) or llm_tokenizer.convert_ids_to_tokens(ids) != tokens:
-            raise ValueError(f"{file}: the CTC labels are tokens of another LLM than {llm_path} "
+            raise UsageError(f"{file}: the CTC labels are tokens of another LLM than {llm_path} "
                              "(train the compressor with this LLM: speechllama train ctc --llm PATH)")
         return cls(llm_tokenizer, ids)
 
@@ -177,10 +179,10 @@ def load_ctc_tokenizer(folder: str | Path, llm_path: str | Path | None = None):
     if (folder / SENTENCEPIECE_FILE).exists():
         return CTCTokenizer((folder / SENTENCEPIECE_FILE).read_bytes())
     if not (folder / LLM_TOKENS_FILE).exists():
-        raise FileNotFoundError(f"{folder}: no {SENTENCEPIECE_FILE} or {LLM_TOKENS_FILE} "
+        raise MissingFileError(f"{folder}: no {SENTENCEPIECE_FILE} or {LLM_TOKENS_FILE} "
                                 "(not a CTC compressor checkpoint?)")
     if llm_path is None or not Path(llm_path).is_dir():
-        raise FileNotFoundError(f"{folder}: its CTC labels are tokens of the LLM at {llm_path}, "
+        raise MissingFileError(f"{folder}: its CTC labels are tokens of the LLM at {llm_path}, "
                                 "which is not there")
     from transformers import AutoTokenizer
 

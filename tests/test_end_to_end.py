@@ -102,3 +102,49 @@ def test_demo_rerun_with_changed_settings_retrains_what_depends_on_them(tmp_path
     run_demo(rerun, procs=1, control=False, overrides=tiny + ["train.max_steps=3"])
     report = (rerun / "report.md").read_text()
     assert "stage 1: CTC compressor, " in report and "stage 2: speech-llm, " in report
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys):
+    """The CLI prints a user's mistake (a missing file, a bad setting) as one line and exits 2; an
+    internal error (a ValueError no user input explains) is not dressed up as one: it propagates
+    with its traceback."""
+    import speechllama.cli as cli
+    from speechllama.errors import UsageError
+
+    # a user error raised deep inside a command: one line, exit 2
+    def user_mistake(args):
+        raise UsageError("train.max_steps=-1: must be >= 0")
+
+    monkeypatch.setattr(cli, "cmd_train", user_mistake)
+    assert cli.main(["train", "ctc", "--data", "x", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == "speechllama: error: train.max_steps=-1: must be >= 0\n"
+
+    # an OS error about a named file is the user's too
+    def missing(args):
+        open(tmp_path / "nope.jsonl")
+
+    monkeypatch.setattr(cli, "cmd_train", missing)
+    assert cli.main(["train", "ctc", "--data", "x", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("speechllama: error: ") and "nope.jsonl" in err and err.count("\n") == 1
+
+    # a bug: the plain ValueError escapes with its traceback
+    def bug(args):
+        raise ValueError("shapes (3,) and (4,) do not match")
+
+    monkeypatch.setattr(cli, "cmd_train", bug)
+    with pytest.raises(ValueError, match="shapes"):
+        cli.main(["train", "ctc", "--data", "x", "--out", str(tmp_path / "o")])
+
+
+def test_a_real_user_error_from_the_cli_is_one_line(tmp_path):
+    """End to end through the installed entry point: a config key that does not exist."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "speechllama", "train", "ctc", "--data", str(manifest),
+                           "--out", str(tmp_path / "o"), "train.no_such_key=1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("speechllama: error: ") and "no_such_key" in proc.stderr
+    assert "Traceback" not in proc.stderr

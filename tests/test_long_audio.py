@@ -224,6 +224,30 @@ def test_word_timestamps_lie_in_their_segments_in_order(model, long_file):
     assert stt.translate(clip, src_lang="de", return_segments=True).words is None
 
 
+def test_one_unalignable_segment_keeps_the_other_segments_word_times(model, long_file, monkeypatch):
+    """A segment whose text cannot be aligned loses its own word times, not the file's: the other
+    segments keep theirs, and a warning names the one left out."""
+    import speechllama.align as align
+
+    stt, _ = model
+    whole = stt.transcribe(long_file[0], src_lang="de", return_segments=True)
+    spoken = [s.id for s in whole.segments if s.text]
+    assert len(spoken) >= 3 and all(whole.segments[i].words for i in spoken)
+    real, calls = align.word_frames, []
+
+    def second_fails(*args):  # the second segment with text cannot be aligned
+        calls.append(1)
+        return None if len(calls) == 2 else real(*args)
+
+    monkeypatch.setattr(align, "word_frames", second_fails)
+    with pytest.warns(UserWarning, match=rf"segment\(s\) \[{spoken[1]}\]"):
+        t = stt.transcribe(long_file[0], src_lang="de", return_segments=True)
+    assert t.text == whole.text and t.segments[spoken[1]].words is None
+    kept = [i for i in spoken if i != spoken[1]]
+    assert [t.segments[i].words for i in kept] == [whole.segments[i].words for i in kept]
+    assert t.words == [w for i in kept for w in whole.segments[i].words]
+
+
 SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> "
                      r"(\d\d):(\d\d):(\d\d),(\d{3})\n(.+)\n\n")
 

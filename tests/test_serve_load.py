@@ -66,3 +66,4 @@ def test_200_requests_from_32_clients(tmp_path_factory):
           f"batches, mean {stats['mean_batch']}, largest {stats['largest_batch']}")
     assert kept < KEPT_BOUND_MB and growth < RSS_BOUND_MB
     assert stats["queued"] == stats["waiting_jobs"] == 0
+    assert stats["largest_batch"] > 1  # the concurrent requests were batched, and still equal offline

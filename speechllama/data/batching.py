@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ..errors import UsageError
+
 CHUNK = 2000  # items sorted together: larger = less padding, smaller = more randomness
 
 
@@ -25,10 +27,10 @@ class LengthBucketSampler:
     def __init__(self, lengths: Sequence[int], max_frames: int, seed: int = 0, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1):
         if not lengths:
-            raise ValueError("cannot batch an empty dataset")
+            raise UsageError("cannot batch an empty dataset")
         too_long = max(lengths)
         if too_long > max_frames:
-            raise ValueError(f"an item of {too_long} frames exceeds max_frames={max_frames}")
+            raise UsageError(f"an item of {too_long} frames exceeds max_frames={max_frames}")
         self.lengths = list(lengths)
         self.max_frames, self.seed, self.shuffle = max_frames, seed, shuffle
         self.rank, self.world_size = rank, world_size
@@ -56,7 +58,7 @@ class LengthBucketSampler:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         usable = len(batches) - len(batches) % self.world_size
         if usable == 0:
-            raise ValueError(f"{len(batches)} batches cannot feed {self.world_size} processes")
+            raise UsageError(f"{len(batches)} batches cannot feed {self.world_size} processes")
         return batches[:usable][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:

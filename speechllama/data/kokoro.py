@@ -32,6 +32,7 @@ import soxr
 
 from .. import assets
 from ..audio import SAMPLE_RATE, validate_wave
+from ..errors import UsageError
 from ..models import shipped
 from .manifest import CorpusError
 
@@ -143,7 +144,7 @@ class KokoroTTS:
         """``text`` in ``lang`` spoken by ``voice`` (one of ``self.voices``): float32 mono in [-1, 1]
         at 16 kHz. Raises CorpusError (espeak-ng failed, nothing to say), AudioError (unusable audio)."""
         if voice not in self._styles:
-            raise ValueError(f"no Kokoro voice {voice!r} (voices: {', '.join(self.voices)})")
+            raise UsageError(f"no Kokoro voice {voice!r} (voices: {', '.join(self.voices)})")
         ids, _ = self.phonemes(text, lang)
         if not ids:
             raise CorpusError(f"Kokoro-82M: nothing to say for {lang} {text!r} (no phoneme in its vocabulary)")

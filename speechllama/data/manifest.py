@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from ..errors import UsageError, UserError
+
 REQUIRED_FIELDS = ("id", "audio", "duration", "src_lang", "tgt_lang", "tgt_text")
 OPTIONAL_FIELDS = ("src_text", "speaker")
 ALL_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
@@ -42,7 +44,7 @@ SPLITS = ("train", "dev", "test")
 _LANG_CODE = re.compile(r"^[a-z]{2}$")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest has bad rows; the message lists ``path:line: problem`` for each."""
 
     def __init__(self, problems: list[str]):
@@ -50,7 +52,7 @@ class ManifestError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-class CorpusError(RuntimeError):
+class CorpusError(UserError, RuntimeError):
     """A corpus cannot be built or imported (missing tool, data or input file).
 
     The message is meant for the user as is: it names the file and says what to do.
@@ -175,7 +177,7 @@ def write_manifest(path, utterances: Iterable[Utterance]) -> None:
     seen, lines = set(), []
     for utterance in utterances:
         if utterance.id in seen:
-            raise ValueError(f"{path}: duplicate utterance id {utterance.id!r}")
+            raise UsageError(f"{path}: duplicate utterance id {utterance.id!r}")
         seen.add(utterance.id)
         row = {key: value for key, value in asdict(utterance).items() if value is not None or key in REQUIRED_FIELDS}
         audio = Path(os.path.abspath(utterance.audio))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..audio import SAMPLE_RATE, fbank
+from ..errors import UsageError
 
 BACKBONES = ("scratch", "whisper-base")
 
@@ -103,12 +104,12 @@ class WhisperBackbone(nn.Module):
         n = len(encoder.layers)
         layers = layers or n  # the first ``layers`` layers are used; the rest are dropped
         if not 1 <= layers <= n:
-            raise ValueError(f"compressor.backbone_layers={layers}: Whisper-base has {n} layers")
+            raise UsageError(f"compressor.backbone_layers={layers}: Whisper-base has {n} layers")
         if not 0 <= trainable_layers <= layers:
-            raise ValueError(f"compressor.backbone_trainable_layers={trainable_layers}: "
+            raise UsageError(f"compressor.backbone_trainable_layers={trainable_layers}: "
                              f"the backbone uses {layers} layers")
         if stack < 1:
-            raise ValueError(f"compressor.backbone_stack={stack}: must be >= 1")
+            raise UsageError(f"compressor.backbone_stack={stack}: must be >= 1")
         encoder.layers = encoder.layers[:layers]
         self.final_norm = layers == n  # Whisper's last LayerNorm follows its last layer only
         self.encoder, self.frozen, self.stack = encoder, layers - trainable_layers, stack

@@ -10,6 +10,7 @@ import torch
 from ..audio import CMVN
 from ..checkpoint import CheckpointError, load_tensors, resolve_checkpoint
 from ..config import ConfigError, ExperimentConfig, load_config
+from ..errors import UsageError
 from ..text import CTCTokenizer, LLMTokenCTCTokenizer, load_ctc_tokenizer
 from .ctc_compressor import CTCCompressor
 
@@ -152,10 +153,10 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
                               attn_implementation=l.attn_implementation)
     prior, scale = None, embed_scale(llm.config)  # audio vectors come at the scale the LLM reads
     if s.spans == "llm_tokens" and ctc_tokenizer is None:
-        raise ValueError("speech_llm.spans=llm_tokens needs the compressor's CTC tokenizer")
+        raise UsageError("speech_llm.spans=llm_tokens needs the compressor's CTC tokenizer")
     if s.piece_prior and s.spans == "labels":
         if ctc_tokenizer is None:
-            raise ValueError("speech_llm.piece_prior needs the compressor's CTC tokenizer")
+            raise UsageError("speech_llm.piece_prior needs the compressor's CTC tokenizer")
         prior = piece_embeddings(ctc_tokenizer, tokenizer, llm.get_input_embeddings(), scale)
     out_rms = 0.0
     if s.match_embedding_scale or s.piece_prior:  # the RMS of the LLM's token embeddings
@@ -195,7 +196,7 @@ def build_seq2seq(cfg: ExperimentConfig, base: Path | None = None):
 
     q, c = cfg.seq2seq, cfg.compressor
     if c.backbone != "scratch":  # its features are the compressor's (the stage-2 task's cache)
-        raise ValueError(f"the encoder-decoder baseline reads fbank: train it with a scratch "
+        raise UsageError(f"the encoder-decoder baseline reads fbank: train it with a scratch "
                          f"compressor (compressor.backbone=scratch), not {c.backbone}")
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm_path(cfg, base), local_files_only=True)
     subsample = Conv2dSubsampling(cfg.features.n_mels, c.conv_channels, c.d_model)

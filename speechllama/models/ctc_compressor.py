@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from .backbones import Conv2dSubsampling, min_input_frames, subsampled_lengths  # noqa: F401 (re-exported)
 from .transformer import TransformerStack
 
@@ -102,7 +103,7 @@ def ctc_compress(hidden: torch.Tensor, logits: torch.Tensor, lengths: torch.Tens
     longest row, new_lengths (B,)). Vectorised: no Python loop over frames.
     """
     if mode not in COMPRESSION_MODES:
-        raise ValueError(f"unknown compression mode {mode!r}; choose one of {COMPRESSION_MODES}")
+        raise UsageError(f"unknown compression mode {mode!r}; choose one of {COMPRESSION_MODES}")
     if mode == "none":
         return hidden, lengths
     if bool((lengths < 1).any()):

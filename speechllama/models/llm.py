@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..errors import MissingFileError, UsageError
 from .llm_family import family_of
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def require_weights(path: Path) -> None:
     config.json alone, such as configs/llama-7b, serves ``speechllama plan`` and nothing else)."""
     if not any(Path(path).glob("*.safetensors")):
         what = "config.json only, " if (Path(path) / "config.json").is_file() else ""
-        raise FileNotFoundError(f"{path}: no weights ({what}no *.safetensors files): "
+        raise MissingFileError(f"{path}: no weights ({what}no *.safetensors files): "
                                 f"it can be planned (speechllama plan), not trained or loaded")
 
 
@@ -117,9 +118,9 @@ def load_llm(
 
     path = resolve_llm(str(path))  # a shipped LLM's short name works too
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+        raise MissingFileError(f"{path}: not a Hugging Face model folder (no config.json)")
     if lora_rank < 0:
-        raise ValueError(f"lora_rank must be >= 0, got {lora_rank}")
+        raise UsageError(f"lora_rank must be >= 0, got {lora_rank}")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     family_of(config)  # an unsupported architecture fails here, in one line naming its model_type
     require_weights(path)
@@ -128,7 +129,7 @@ def load_llm(
             path, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
         )
     except ValueError as e:
-        raise ValueError(
+        raise UsageError(
             f"{path}: not a causal LM that transformers can load (model_type {config.model_type!r}): {e}"
         ) from e
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -137,7 +138,7 @@ def load_llm(
 
     if train_base:
         if lora_rank:
-            raise ValueError("a fully trained LLM takes no LoRA: set llm.lora_rank=0")
+            raise UsageError("a fully trained LLM takes no LoRA: set llm.lora_rank=0")
         return model, tokenizer
     return add_lora(model, lora_rank, lora_alpha, lora_targets, lora_dropout, where=str(path)), tokenizer
 
@@ -161,7 +162,7 @@ def add_lora(
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in lora_targets if t not in names]
     if missing:
-        raise ValueError(f"{where or config.model_type}: llm.lora_targets {missing} are not "
+        raise UsageError(f"{where or config.model_type}: llm.lora_targets {missing} are not "
                          f"modules of this {config.model_type} model (its family uses "
                          f"{list(family_of(config).lora_targets)})")
     lora = LoraConfig(
@@ -216,7 +217,7 @@ def load_trainable_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
     params = {_stable_name(n): p for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(params.keys() - state_dict.keys()), sorted(state_dict.keys() - params.keys())
     if missing or unexpected:
-        raise ValueError(
+        raise UsageError(
             f"LLM trainable weights do not match the model (was it built with the same LoRA rank/targets?): "
             f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
@@ -225,7 +226,7 @@ def load_trainable_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
         for name, p in params.items():
             if p.shape != state_dict[name].shape:
                 got = tuple(state_dict[name].shape)
-                raise ValueError(f"{name}: shape {got} does not fit {tuple(p.shape)}")
+                raise UsageError(f"{name}: shape {got} does not fit {tuple(p.shape)}")
             p.copy_(state_dict[name])
 
 

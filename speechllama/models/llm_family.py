@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class LLMFamily:
@@ -46,7 +48,7 @@ FAMILIES = (
 SUPPORTED = tuple(t for f in FAMILIES for t in f.model_types)
 
 
-class UnsupportedLLMError(ValueError):
+class UnsupportedLLMError(UserError, ValueError):
     """An LLM whose architecture speechllama does not support (names its model_type)."""
 
 

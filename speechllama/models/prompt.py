@@ -20,6 +20,8 @@ token after ``"English:"`` does in running text.
 
 from __future__ import annotations
 
+from ..errors import UsageError
+
 AUDIO_PLACEHOLDER = "<audio>"
 USER_TEMPLATE = "{instruction}\n" + AUDIO_PLACEHOLDER  # the user turn of the chat template
 
@@ -43,9 +45,9 @@ def language_name(code: str) -> str:
 
 def _check_task(task: str, tgt_lang: str | None) -> None:
     if task not in TRANSCRIBE_TASKS + TRANSLATE_TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TRANSCRIBE_TASKS + TRANSLATE_TASKS}")
+        raise UsageError(f"unknown task {task!r}; expected one of {TRANSCRIBE_TASKS + TRANSLATE_TASKS}")
     if task in TRANSLATE_TASKS and not tgt_lang:
-        raise ValueError(f"task {task!r} needs a target language")
+        raise UsageError(f"task {task!r} needs a target language")
 
 
 def instruction(task: str, src_lang: str | None, tgt_lang: str | None = None) -> str:
@@ -95,7 +97,7 @@ def build_prompt(tokenizer, task: str, src_lang: str | None, tgt_lang: str | Non
         text = plain_layout(task, src_lang, tgt_lang)
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     if text.count(AUDIO_PLACEHOLDER) != 1:
-        raise ValueError(f"the prompt must contain {AUDIO_PLACEHOLDER!r} exactly once: {text!r}")
+        raise UsageError(f"the prompt must contain {AUDIO_PLACEHOLDER!r} exactly once: {text!r}")
     before, after = text.split(AUDIO_PLACEHOLDER)
     before_ids = bos + tokenizer(before, add_special_tokens=False)["input_ids"]
     after_ids = tokenizer(after, add_special_tokens=False)["input_ids"]

@@ -17,6 +17,7 @@ import weakref
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..text import word_start_prefix
 
 SPAN_MODES = ("average", "remove_blank")
@@ -36,7 +37,7 @@ def label_texts(ctc_tokenizer) -> tuple[list[str], np.ndarray]:
         pass
     sp = getattr(ctc_tokenizer, "sp", None)
     if sp is None:
-        raise TypeError("token_spans needs sentencepiece CTC labels (a CTCTokenizer, "
+        raise UsageError("token_spans needs sentencepiece CTC labels (a CTCTokenizer, "
                         "compressor.labels=sentencepiece); LLM-token labels are already LLM "
                         "tokens: use ctc_compress")
     texts = []
@@ -58,14 +59,14 @@ def _llm_info(llm_tokenizer) -> tuple[str, int]:
     except (KeyError, TypeError):
         pass
     if not getattr(llm_tokenizer, "is_fast", False):
-        raise ValueError("token_spans needs a fast (Rust) Hugging Face tokenizer: it maps the "
+        raise UsageError("token_spans needs a fast (Rust) Hugging Face tokenizer: it maps the "
                          "LLM's tokens to the CTC labels' frames by their character offsets "
                          "(return_offsets_mapping), which slow tokenizers do not give")
     prefix = word_start_prefix(llm_tokenizer)
     ids = llm_tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     empty_id = ids[0] if len(ids) == 1 else llm_tokenizer.eos_token_id
     if empty_id is None:
-        raise ValueError("token_spans: the LLM tokenizer has neither a word-start token nor an eos "
+        raise UsageError("token_spans: the LLM tokenizer has neither a word-start token nor an eos "
                          "token to stand for an empty transcript")
     info = (prefix, int(empty_id))
     try:
@@ -142,7 +143,7 @@ def token_spans(labels: torch.Tensor, lengths: torch.Tensor, ctc_tokenizer, llm_
     valid frames are all blank keeps them all in both modes (as ``ctc_compress`` does).
     """
     if mode not in SPAN_MODES:
-        raise ValueError(f"unknown token-span mode {mode!r}; choose one of {SPAN_MODES}")
+        raise UsageError(f"unknown token-span mode {mode!r}; choose one of {SPAN_MODES}")
     if labels.dim() != 2 or lengths.shape != labels.shape[:1]:
         raise ValueError(f"token_spans needs labels (B, T) and lengths (B,), got "
                          f"{tuple(labels.shape)} and {tuple(lengths.shape)}")

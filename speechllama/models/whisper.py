@@ -31,6 +31,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .. import assets
+from ..errors import UsageError
 from ..whisper_peer import WHISPER_BASE_CT2
 
 SAMPLE_RATE = 16000
@@ -55,7 +56,7 @@ class _Ct2File:
     def bytes(self, n: int) -> bytes:
         data = self.fh.read(n)
         if len(data) != n:
-            raise ValueError(f"{self.path}: truncated CTranslate2 model (ends at byte {self.size})")
+            raise UsageError(f"{self.path}: truncated CTranslate2 model (ends at byte {self.size})")
         return data
 
     def int(self, fmt: str) -> int:
@@ -68,7 +69,7 @@ class _Ct2File:
         """Skip ``n`` bytes; the offset where they start."""
         offset = self.fh.tell()
         if offset + n > self.size:
-            raise ValueError(f"{self.path}: truncated CTranslate2 model (ends at byte {self.size})")
+            raise UsageError(f"{self.path}: truncated CTranslate2 model (ends at byte {self.size})")
         self.fh.seek(n, 1)
         return offset
 
@@ -84,7 +85,7 @@ def read_ct2(path: str | Path, prefix: str = "") -> dict[str, np.ndarray]:
         version = f.int("I") if f.size >= 4 else None
         if version != CT2_VERSION:
             found = f"version {version}" if version is not None else f"{f.size} bytes long"
-            raise ValueError(f"{path}: not a CTranslate2 model.bin of binary version {CT2_VERSION} ({found})")
+            raise UsageError(f"{path}: not a CTranslate2 model.bin of binary version {CT2_VERSION} ({found})")
         f.string(), f.int("I")  # the spec's name ("WhisperSpec") and revision
         index: dict[str, tuple[int, tuple[int, ...], str]] = {}  # name -> (offset, shape, dtype)
         for _ in range(f.int("I")):
@@ -94,7 +95,7 @@ def read_ct2(path: str | Path, prefix: str = "") -> dict[str, np.ndarray]:
             nbytes = f.int("I")
             itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype or "u1").itemsize
             if dtype is None or nbytes != math.prod(shape) * itemsize:
-                raise ValueError(f"{path}: variable {name!r} has a bad type or size (corrupt file?)")
+                raise UsageError(f"{path}: variable {name!r} has a bad type or size (corrupt file?)")
             index[name] = (f.skip(nbytes), shape, dtype)
         aliases = {f.string(): f.string() for _ in range(f.int("I"))}
         wanted = {name: name for name in index if name.startswith(prefix)}
@@ -120,7 +121,7 @@ def whisper_base_config(**overrides) -> WhisperConfig:
 def ct2_to_hf_encoder(ct2: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """CTranslate2's ``encoder/...`` variables -> a ``WhisperEncoder`` state_dict (dtypes as stored)."""
     if any(name.endswith("weight_scale") for name in ct2):
-        raise ValueError("a quantised CTranslate2 model: only float16/float32 weights can be converted")
+        raise UsageError("a quantised CTranslate2 model: only float16/float32 weights can be converted")
 
     def t(name: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(ct2[f"encoder/{name}"]))

@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..errors import UsageError
+
 log = logging.getLogger("speechllama.serve")
 
 
@@ -87,7 +89,7 @@ class Batcher:
     def __init__(self, decode: Callable[[list], list], max_batch: int = 16, max_wait_ms: float = 20.0,
                  max_queue: int | None = None):
         if max_batch < 1 or max_wait_ms < 0 or (max_queue is not None and max_queue < 1):
-            raise ValueError(f"max_batch and max_queue must be >= 1 and max_wait_ms >= 0, got "
+            raise UsageError(f"max_batch and max_queue must be >= 1 and max_wait_ms >= 0, got "
                              f"{max_batch}, {max_queue}, {max_wait_ms}")
         self.decode, self.max_batch, self.max_wait = decode, max_batch, max_wait_ms / 1000
         self.max_queue = max_queue

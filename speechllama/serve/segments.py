@@ -9,7 +9,8 @@ it decodes exactly that segment's samples (their features computed from them alo
 computes each segment's), as it would inside the whole file. The batcher then
 interleaves the segments of many requests (batcher.py), and ``stitch`` puts the file's
 ``Transcript`` back together: the same segments, texts and word times as ``run([job])`` (a segment's
-times shifted by its start; tests/test_serve.py checks served == offline on a long file).
+times shifted by its start; tests/test_serve.py checks served == offline on a long file). The cuts
+are ``SpeechToText.segments``, the one place that decides them.
 
 A file of one segment (most requests) is its own one job, unchanged. Where a segment could not be a
 job on its own (shorter than audio.MIN_SECONDS, or digital silence that ``run`` would refuse as a
@@ -22,11 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from ..audio import SAMPLE_RATE, AudioError, validate_wave
-from ..inference import Job, Segment, SpeechToText, Transcript, Word, target_lang
-from ..segment import Span, pause_labels, seconds, segment_wave
+from ..inference import Job, Segment, SpeechToText, Transcript, Word, file_words, target_lang
+from ..segment import Span, seconds
 
 
 @dataclass
@@ -37,19 +36,6 @@ class Plan:
 
 def _one(results: list[Transcript]) -> Transcript:
     return results[0]
-
-
-def _compressor(model: SpeechToText):
-    return getattr(model.bundle.model, "compressor", None)
-
-
-def _spans(model: SpeechToText, wave) -> list[Span]:
-    """The file's segments, as ``SpeechToText.run`` finds them."""
-    bundle = model.bundle
-    trained_s = bundle.config.data.max_seconds
-    with torch.inference_mode():
-        return segment_wave(wave, _compressor(model), bundle.cmvn, model.max_segment_s or trained_s,
-                            trained_s, pause_labels(bundle.ctc_tokenizer))
 
 
 def _shift(t: float, span: Span, samples: int) -> float:
@@ -67,7 +53,7 @@ def plan(model, job: Job) -> Plan:
     whole = Plan([job], _one)
     if not isinstance(model, SpeechToText) or job.task not in ("asr", "st"):
         return whole  # (a bad task: run() names it)
-    spans = _spans(model, job.wave)
+    spans = model.segments(job.wave)
     if len(spans) <= 1:
         return whole
     jobs, where = [], []  # where: per span, the index of its job (None: silent, not decoded)
@@ -82,30 +68,24 @@ def plan(model, job: Job) -> Plan:
         where.append(len(jobs))
         jobs.append(Job(wave, job.task, job.src_lang, job.tgt_lang, job.word_timestamps,
                         f"{job.name} (segment {k}: {seconds(span.start)}-{seconds(span.end)} s)"))
-    compressor = _compressor(model)
-    aligns = (job.task == "asr" and job.word_timestamps and compressor is not None
-              and model.bundle.ctc_tokenizer is not None)
-    samples = compressor.frame_samples if aligns else 0
+    timed = job.task == "asr" and job.word_timestamps and model.aligns
+    samples = model.compressor.frame_samples if timed else 0
 
     def stitch(results: list[Transcript]) -> Transcript:
-        texts, words = [], [] if aligns else None
-        for span, k in zip(spans, where):
-            if k is None:
-                texts.append("")
-                continue
-            part = results[k]
-            if len(part.segments) != 1:
-                raise RuntimeError(f"{jobs[k].name}: decoded as {len(part.segments)} segments, not 1")
-            texts.append(part.segments[0].text)
-            if words is not None:
-                if part.words is None:  # as run(): no word times where one segment has none
-                    words = None
-                else:
-                    words += [Word(_shift(w.start, span, samples), _shift(w.end, span, samples), w.word)
-                              for w in part.words]
-        segments = [Segment(i, seconds(s.start), seconds(s.end), t)
-                    for i, (s, t) in enumerate(zip(spans, texts))]
-        return Transcript(job.task, target_lang(job), seconds(len(job.wave)), " ".join(t for t in texts if t),
-                          segments, words)
+        segments = []
+        for i, (span, k) in enumerate(zip(spans, where)):
+            text, words = "", [] if timed else None
+            if k is not None:
+                part = results[k]
+                if len(part.segments) != 1:
+                    raise RuntimeError(f"{jobs[k].name}: decoded as {len(part.segments)} segments, not 1")
+                text, words = part.segments[0].text, part.segments[0].words
+                if words is not None:
+                    words = [Word(_shift(w.start, span, samples), _shift(w.end, span, samples), w.word)
+                             for w in words]
+            segments.append(Segment(i, seconds(span.start), seconds(span.end), text, words))
+        return Transcript(job.task, target_lang(job), seconds(len(job.wave)),
+                          " ".join(s.text for s in segments if s.text), segments,
+                          file_words(job.name, segments) if timed else None)
 
     return Plan(jobs, stitch)

@@ -16,6 +16,7 @@ from ..config import ExperimentConfig
 from ..data import Utterance, read_manifest
 from ..data.batching import LengthBucketSampler, pad_feats
 from ..data.features import BackboneFeatures, training_features
+from ..errors import UsageError
 from ..models.build import (
     build_speech_llm,
     load_compressor,
@@ -52,7 +53,7 @@ class SpeechLLMTask:
                  rank: int = 0, world_size: int = 1, progress: bool = True):
         s = cfg.speech_llm
         if not s.compressor:
-            raise ValueError("stage 2 needs a trained compressor: pass --compressor CKPT "
+            raise UsageError("stage 2 needs a trained compressor: pass --compressor CKPT "
                              "(or speech_llm.compressor=...)")
         bundle = load_compressor(s.compressor)
         cfg.compressor, cfg.features.n_mels = bundle.config.compressor, bundle.config.features.n_mels
@@ -62,7 +63,7 @@ class SpeechLLMTask:
         seq2seq = cfg.speech_llm.system == "encoder_decoder"
         if cfg.llm.init == "scratch" or seq2seq:
             if not cfg.llm.path or is_shipped(cfg.llm.path):
-                raise ValueError("a model trained from scratch needs llm.path: the folder to "
+                raise UsageError("a model trained from scratch needs llm.path: the folder to "
                                  "create its tokenizer (and LLM) in")
             lc = cfg.llm
             rank0_first(create_scratch_llm, lc.path, [u.tgt_text for u in rows], lc.scratch_hidden,
@@ -102,7 +103,7 @@ class SpeechLLMTask:
             print(f"{self.cfg.data.train}: {skipped} of {len(rows)} rows skipped (unreadable audio, "
                   f"longer than data.max_seconds or speech_llm.max_target_tokens)", file=sys.stderr)
         if not items:
-            raise ValueError(f"{self.cfg.data.train}: no usable training rows")
+            raise UsageError(f"{self.cfg.data.train}: no usable training rows")
         return items
 
     def collate(self, indices: list[int], generator: torch.Generator) -> dict:
