@@ -217,7 +217,8 @@ def cmd_data_librispeech(args) -> int:
 def cmd_demo(args) -> int:
     from .pipeline import run_demo
 
-    report = run_demo(args.out, procs=args.procs, control=args.control, overrides=args.overrides)
+    report = run_demo(args.out, procs=args.procs, control=args.control, overrides=args.overrides,
+                      preset=args.preset)
     print(f"report: {report}")
     return 0
 
@@ -228,7 +229,7 @@ def cmd_experiment_paper(args) -> int:
     table = run_paper(Path(args.data), Path(args.out), args.name,
                       [Path(d) for d in args.extra_train], args.per_group, not args.no_whisper,
                       args.overrides, Path(args.compressor) if args.compressor else None,
-                      args.minutes, args.steps, "speechllama " + shlex.join(args.argv))
+                      args.minutes, args.steps, "speechllama " + shlex.join(args.argv), args.ear)
     print(f"table: {table}")
     return 0
 
@@ -279,6 +280,9 @@ def _any_order(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models.shipped import DEFAULT_LLM, SHIPPED
+    from .pipeline import PRESETS
+
     parser = argparse.ArgumentParser(prog="speechllama", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -322,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--procs", type=int, default=2,
                    help="stage-1 training processes (torchrun ranks); stage 2 runs as one process")
+    p.add_argument("--preset", choices=list(PRESETS), default="demo",
+                   help="; ".join(f"{k}: {v.about}" for k, v in PRESETS.items())
+                        + " (docs/design.md; the settings are in speechllama/pipeline.py)")
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the zero-audio control (same training, audio replaced by zeros), "
                         "which the demo trains by default to test that the model listens")
@@ -344,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-whisper", action="store_true", help="skip the Whisper-base reference")
     p.add_argument("--compressor", metavar="CKPT",
                    help="reuse this trained stage-1 compressor instead of training one")
+    p.add_argument("--ear", choices=("scratch", "whisper-base"), default="scratch",
+                   help="every system's acoustic front end: the paper's compressor trained from "
+                        "scratch (the pretrained ear as one more row), or the demo's pretrained "
+                        "Whisper-base ear (with --compressor: the demo's runs/demo/ctc)")
     p.add_argument("--minutes", type=float, metavar="M",
                    help="stage-2 wall-time cap per system (default: the demo's 8.5)")
     p.add_argument("--steps", type=int, metavar="N",
@@ -364,9 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("speech-llm", help="stage 2: audio encoder + LoRA on a frozen LLM")
     _add_config_args(p)
     p.add_argument("--compressor", help="stage-1 checkpoint or run folder")
-    p.add_argument("--llm", help="the frozen LLM (llm.path): a shipped name (gemma3-270m, smollm2) "
-                                 "or a local Hugging Face folder of a supported family "
-                                 "(default: gemma3-270m)")
+    p.add_argument("--llm", help="the frozen LLM (llm.path): a shipped name "
+                                 f"({', '.join(SHIPPED)}) or a local Hugging Face folder of a "
+                                 f"supported family (default: {DEFAULT_LLM})")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("plan", help="parameters, memory per GPU and FLOP per step of a stage-2 "

@@ -20,6 +20,7 @@ from .data.batching import LengthBucketSampler, pad_feats
 from .errors import UsageError
 from .models.build import CompressorBundle, load_compressor
 from .models.ctc_compressor import ctc_compress
+from .progress import progress
 from .text import normalize
 
 
@@ -178,15 +179,14 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
     Writes ``OUT.hyp.jsonl``, ``OUT.json`` and ``OUT.md`` when ``out`` is given.
     """
     from .data import read_manifest
-    from .data.features import BackboneFeatures, FbankExtractor, load_features
+    from .data.features import BackboneFeatures, load_features
     from .inference import Request, SpeechToText, load
     from .tasks.ctc import feature_cache_path
 
     model: SpeechToText = load(checkpoint, device=device) if options is None \
         else load(checkpoint, options, device=device)
     utts = first_per_group(read_manifest(manifest), per_group)
-    extractor = BackboneFeatures(model.compressor.backbone) if model.compressor is not None \
-        else FbankExtractor()
+    extractor = BackboneFeatures(model.backbone)
     store = load_features([u.audio for u in utts], feature_cache_path(manifest, extractor.key),
                           extractor=extractor)
     if store.errors:  # scored without them: say so where a person reads it, not only in the JSON
@@ -219,12 +219,45 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
         if found is not None:
             report["cascade"] = found
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out.with_suffix(".hyp.jsonl"), "w") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        write_report(report, out, model_report_markdown(report))
+        write_scored(report, rows, out)
+    return report
+
+
+def write_scored(report: dict, rows: list[dict], out: str | Path) -> None:
+    """OUT.hyp.jsonl (one scored row a line), OUT.json and OUT.md."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".hyp.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_report(report, out, model_report_markdown(report))
+
+
+def evaluate_whisper(manifest: str | Path, out: str | Path | None = None, per_group: int | None = None,
+                     beam: int = 5, threads: int = 2) -> dict:
+    """Whisper-base (faster-whisper, int8; ``whisper_peer.py``) on the same rows
+    :func:`evaluate_model` scores (the first ``per_group`` of each group): it translates the ST rows
+    and transcribes the ASR rows. Its digits are spelled out on the number rows, as the references
+    are. Same report format (``table``, ``macro``, ``rtfx``, ``parameters``; OUT.hyp.jsonl)."""
+    from .audio import load_audio
+    from .data import read_manifest
+    from .whisper_peer import WHISPER_BASE_PARAMS, WhisperPeer, spell_numbers
+
+    utts = first_per_group(read_manifest(manifest), per_group)
+    peer, waves = WhisperPeer(threads), [load_audio(u.audio) for u in utts]
+    start = time.time()
+    hyps = [peer.run(w, u.src_lang, "translate" if u.task == "st" else "transcribe", beam=beam)
+            for u, w in zip(utts, progress(waves, desc=f"Whisper-base on {Path(manifest).name}"))]
+    seconds = time.time() - start
+    hyps = [spell_numbers(h, u.tgt_lang, kind) if (kind := number_kind(u.id)) else h
+            for u, h in zip(utts, hyps)]
+    rows = [{"id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
+             "ref": u.tgt_text, "hyp": h} for u, h in zip(utts, hyps)]
+    report = {"system": "whisper-base", "manifest": str(manifest), "decoding": {"beam_size": beam},
+              "rtfx": sum(len(w) for w in waves) / 16000 / max(seconds, 1e-9),
+              "parameters": {"trainable": 0, "total": WHISPER_BASE_PARAMS}, **score_rows(rows)}
+    if out is not None:
+        write_scored(report, rows, out)
     return report
 
 

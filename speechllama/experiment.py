@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from .checkpoint import latest_checkpoint
+from .config import load_config
+from .errors import UsageError
 from .export import export_model
-from .pipeline import (STAGE1, STAGE2, WHISPER_STAGE1, StageKeys, Timings, _cached, file_key,
-                       keyed_train)
+from .pipeline import (STAGE1, STAGE2, WHISPER, WHISPER_STAGE1, WHISPER_STAGE2, StageKeys, Timings,
+                       _cached, file_key, keyed_train)
 
 # name -> stage-2 overrides; every system gets the same data, steps and wall-time cap
 SYSTEMS = {
@@ -37,6 +38,13 @@ SYSTEMS = {
     "whisper-ear": ["speech_llm.spans=llm_tokens"],
 }
 EARS = {"whisper-ear": ["compressor.backbone=whisper-base"] + WHISPER_STAGE1}  # system -> its stage 1
+# ``--ear whisper-base``: every system on the demo's pretrained ear (one compressor, the demo's ear
+# settings in both stages). The systems whose LLM starts from random weights take one vector per
+# CTC label (an LLM-token span starts from an embedding they do not have), no compression one
+# per frame; the encoder-decoder reads the same frozen Whisper encoder (models/build.py).
+EAR_SYSTEMS = {"no-compression": ["speech_llm.spans=labels"],
+               "decoder-only-scratch": ["speech_llm.spans=labels"],
+               "encoder-decoder": ["speech_llm.spans=labels"]}
 
 
 def merge_train(corpora: list[Path], out: Path) -> Path:
@@ -54,18 +62,27 @@ def merge_train(corpora: list[Path], out: Path) -> Path:
 def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: list[Path] = (),
               per_group: int = 20, whisper: bool = True, overrides: list[str] = (),
               compressor: Path | None = None, minutes: float | None = None,
-              steps: int | None = None, command: str = "") -> Path:
+              steps: int | None = None, command: str = "", ear: str = "scratch") -> Path:
     """Train (or reuse ``compressor``) the CTC compressor, then every system of SYSTEMS with the
     demo's stage-2 settings, and write OUT/NAME.md, .json and .png. The stage-2 budget per system
     is the demo's unless ``minutes`` (wall-time cap) or ``steps`` (exactly that many steps, no
     time cap: the same data for every system, and a result that does not depend on the machine's
-    load) is given. ``command`` is printed in the table as its reproduction."""
+    load) is given. ``ear``: ``scratch`` (the paper's compressor; the pretrained ear as one more
+    row) or ``whisper-base`` (every system on the demo's pretrained ear, EAR_SYSTEMS). ``command``
+    is printed in the table as its reproduction."""
     from .evaluate import evaluate_model
 
     if whisper:  # fail now, not after an hour of training
         from .whisper_peer import whisper_model_dir
 
         whisper_model_dir()
+    if ear not in ("scratch", "whisper-base"):
+        raise UsageError(f"--ear {ear}: choose scratch or whisper-base")
+    on_ear = ear == "whisper-base"
+    ear1, ear2 = (WHISPER + WHISPER_STAGE1, WHISPER + WHISPER_STAGE2) if on_ear else ([], [])
+    if on_ear and compressor is not None and load_config(compressor / "config.yaml"
+                                                         ).compressor.backbone != ear:
+        raise UsageError(f"{compressor}: not a compressor on the {ear} ear (--ear {ear})")
     runs = out / f"{name}-runs"
     runs.mkdir(parents=True, exist_ok=True)
     t, keys = Timings(runs), StageKeys(runs)
@@ -76,23 +93,25 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
     if compressor is None:
         compressor = runs / "ctc"
         ctc_keys["ctc"] = keyed_train(t, keys, "ctc", "ctc", compressor,
-                                      common + STAGE1 + list(overrides), 2, corpus)
+                                      common + STAGE1 + ear1 + list(overrides), 2, corpus)
     else:  # given: keyed by its weights
         ctc_keys["ctc"] = file_key(latest_checkpoint(compressor) / "model.safetensors")
     compressors = {}
-    for system, ear in EARS.items():
+    for system, ear_settings in ({} if on_ear else EARS).items():
         compressors[system] = runs / f"ctc-{system}"
         ctc_keys[system] = keyed_train(t, keys, f"ctc-{system}", "ctc", compressors[system],
-                                       common + STAGE1 + ear + list(overrides), 2, corpus)
+                                       common + STAGE1 + ear_settings + list(overrides), 2, corpus)
     # --minutes/--steps win over positional overrides (they come last)
     budget = [f"train.max_minutes={minutes}"] if minutes else []
     budget += [f"train.max_steps={steps}", "train.max_minutes=0"] if steps else []
     results = {}
-    for system, extra in SYSTEMS.items():
+    systems = {k: v for k, v in SYSTEMS.items() if not (on_ear and k in EARS)}
+    for system, extra in systems.items():
         run_dir = runs / system
         key = keyed_train(t, keys, system, "speech-llm", run_dir,
                           ["--compressor", str(compressors.get(system, compressor))] + common
-                          + STAGE2 + extra + list(overrides) + budget,
+                          + STAGE2 + ear2 + extra + (EAR_SYSTEMS.get(system, []) if on_ear else [])
+                          + list(overrides) + budget,
                           1, corpus + [ctc_keys.get(system, ctc_keys["ctc"])])
         model_dir = export_model(latest_checkpoint(run_dir), runs / f"{system}-model")
         report_file = runs / f"{system}-test.json"
@@ -101,7 +120,7 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
             ceiling=system == "speech-llama"))
         results[system] = _summary(report, t.data.get(system))
     if whisper:
-        results["whisper-base"] = _whisper(data / "test.jsonl", per_group, runs)
+        results["whisper-base"] = _whisper(keys, data / "test.jsonl", per_group, runs)
     return write_table(results, out / name, data, per_group, command)
 
 
@@ -123,36 +142,15 @@ def _ceiling(report: dict) -> dict | None:
             "macro_bleu": c["macro"].get("st_bleu_all")}
 
 
-def _whisper(manifest: Path, per_group: int, runs: Path) -> dict:
-    """Whisper-base (beam 5, int8): translate the ST rows, transcribe the ASR rows; RTFx over both."""
-    from .audio import load_audio
-    from .data import read_manifest
-    from .evaluate import first_per_group, number_kind, score_rows
-    from .whisper_peer import WHISPER_BASE_PARAMS, WhisperPeer, spell_numbers
+def _whisper(keys: StageKeys, manifest: Path, per_group: int, runs: Path) -> dict:
+    """Whisper-base (beam 5, int8) on the same test rows: it translates the ST rows and transcribes
+    the ASR rows (evaluate.evaluate_whisper); keyed by the rows, so a changed test split reruns it."""
+    from .evaluate import evaluate_whisper
 
-    cached = runs / "whisper-base-test.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
-    utts = first_per_group(read_manifest(manifest), per_group)
-    peer, waves = WhisperPeer(), [load_audio(u.audio) for u in utts]
-    start = time.time()
-    hyps = [peer.run(w, u.src_lang, "translate" if u.task == "st" else "transcribe", beam=5)
-            for u, w in zip(utts, waves)]
-    seconds = time.time() - start
-    # number rows: spell Whisper's digits out like the references
-    hyps = [spell_numbers(h, u.tgt_lang, kind) if (kind := number_kind(u.id)) else h
-            for u, h in zip(utts, hyps)]
-    rows = [{"id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
-             "ref": u.tgt_text, "hyp": h} for u, h in zip(utts, hyps)]
-    (runs / "whisper-base-test.hyp.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    scored = score_rows(rows)
-    report = {"table": scored["table"], "macro": scored["macro"], "rtfx":
-              sum(len(w) for w in waves) / 16000 / seconds,
-              "parameters": {"trainable": 0, "total": WHISPER_BASE_PARAMS}}
-    summary = _summary(report, None)
-    cached.write_text(json.dumps(summary, indent=1))
-    return summary
+    out = runs / "whisper-base-test"
+    report = _cached(keys, out.with_suffix(".json"), ["whisper-base", file_key(manifest), per_group],
+                     lambda: evaluate_whisper(manifest, out, per_group))
+    return _summary(report, None)
 
 
 LEARNED = 1.0  # macro BLEU below which a system has not learned the task: no verdict between two

@@ -128,9 +128,9 @@ class SpeechToText:
         self.device = next(bundle.model.parameters()).device  # load() placed the model
         self.ctc_map, self.no_joint = joint_ctc_map(bundle)
         self.compressor = getattr(bundle.model, "compressor", None)  # the encoder-decoder has none
-        # what the model reads: its compressor's features; fbank for the encoder-decoder
-        self.features = self.compressor.features if self.compressor is not None else FbankExtractor()
-        self.feature_rate = self.compressor.feature_rate if self.compressor is not None else 100
+        # its acoustic front end (models/backbones.py): the compressor's, or the encoder-decoder's
+        self.backbone = (self.compressor if self.compressor is not None else bundle.model).backbone
+        self.features, self.feature_rate = self.backbone.features, self.backbone.feature_rate
         self.options = self.resolve(options)
         self.prompter = Prompter(bundle.tokenizer, bundle.config.llm.system_prompt)
 

@@ -59,10 +59,10 @@ HELDOUT_TITLES = {
 }
 
 
-def _heldout_section(ctc: dict, heldout: dict, per_group: int) -> list[str]:
+def _heldout_section(ctc: dict, heldout: dict, per_group: int, peer: dict) -> list[str]:
     """Each held-out set: its compressor's CER (the recordings of the first rows of each group), the
     model's scores on the first ``per_group`` rows of each group, next to the same numbers on the
-    synthetic test split."""
+    synthetic test split; Whisper-base's on the same rows where ``peer`` has them."""
     names = [n for n in HELDOUT_TITLES if n in ctc]
     if not names:
         return []
@@ -73,27 +73,76 @@ def _heldout_section(ctc: dict, heldout: dict, per_group: int) -> list[str]:
              "`speechllama.text.normalize`.", "",
              "| set | compressor CER % | compressor WER % | ST BLEU | ST chrF | ASR WER % | ASR CER % |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    keys = ("st_bleu_all", "st_chrf_all", "asr_wer_all", "asr_cer_all")
     for name in ["test"] + names:
         c, m = ctc[name], heldout.get(name, {}).get("macro", {})
-        cells = [m.get(k) for k in ("st_bleu_all", "st_chrf_all", "asr_wer_all", "asr_cer_all")]
         title = "synthetic test split (espeak-ng, for comparison)" if name == "test" else HELDOUT_TITLES[name]
         lines.append(f"| {title} | {c['macro_cer']:.1f} | {c['macro_wer']:.1f} | "
-                     + " | ".join("–" if v is None else f"{v:.1f}" for v in cells) + " |")
+                     + " | ".join(_num(m.get(k)) for k in keys) + " |")
+        if name in peer:
+            lines.append("| Whisper-base, same rows | – | – | "
+                         + " | ".join(_num(peer[name]["macro"].get(k)) for k in keys) + " |")
     for name in names:
         lines += ["", f"Compressor CER per language, {HELDOUT_TITLES[name]}: "
                   + ", ".join(f"{lang} {v['cer']:.1f}% (n={v['n']})" for lang, v in ctc[name]["languages"].items()) + "."]
     return lines
 
 
+def _num(v) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+# The goals of the longer recipe (issue "Beat Whisper-base on voices it never heard")
+GOAL_BLEU = 15.0  # macro ST BLEU on the test split, sentences and numbers each
+GOAL_P = 0.01  # Speech-LLaMA beats its zero-audio control at this significance
+
+
+def goals(reports: dict, heldout: dict, peer: dict, p: float | None) -> list[str]:
+    """Each goal of the longer recipe, met or short by how much (``peer``: Whisper-base's reports
+    on the same rows)."""
+    def row(goal: str, value, target, higher: bool, unit: str = "") -> str:
+        if value is None or target is None:
+            return f"| {goal} | – | {_num(target)} | not measured |"
+        met = value > target if higher else value < target
+        gap = "met" if met else f"short by {abs(value - target):.1f}{unit}"
+        return f"| {goal} | {value:.1f} | {target:.1f} | {gap} |"
+
+    main = reports["speech-llm"]["macro"]
+    lines = ["", "## Goals of the longer recipe", "", "| goal | Speech-LLaMA | target | |", "|---|---:|---:|---|"]
+    for name, title in HELDOUT_TITLES.items():
+        if name in peer and name in heldout:
+            m, w = heldout[name]["macro"], peer[name]["macro"]
+            lines.append(row(f"ST BLEU above Whisper-base's, {title}", m.get("st_bleu_all"),
+                             w.get("st_bleu_all"), True, " BLEU"))
+            lines.append(row(f"ASR WER below Whisper-base's, {title}", m.get("asr_wer_all"),
+                             w.get("asr_wer_all"), False, " points"))
+    for subset in ("sentences", "numbers"):
+        lines.append(row(f"test split: macro ST BLEU on {subset} >= {GOAL_BLEU:g}",
+                         main.get(f"st_bleu_{subset}"), GOAL_BLEU, True, " BLEU"))
+    control = reports.get("zero-audio control", {}).get("macro", {}).get("st_bleu_all")
+    if p is None or control is None:
+        lines.append(f"| beats its zero-audio control at p < {GOAL_P} | – | – | not measured |")
+    else:
+        better = main.get("st_bleu_all", 0.0) > control
+        met = better and p < GOAL_P
+        lines.append(f"| beats its zero-audio control at p < {GOAL_P} (BLEU {main.get('st_bleu_all', 0.0):.1f} vs "
+                     f"{control:.1f}) | p={p:.3f} | {GOAL_P} | "
+                     + ("met" if met else "not met" + ("" if better else ": the control scores as high")) + " |")
+    return lines
+
+
 def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, examples: list[dict],
                 timings: dict, per_group: int, heldout_per_group: int,
-                reused: list[str] = ()) -> str:
+                reused: list[str] = (), peer: dict | None = None, preset: str = "") -> str:
+    peer = peer or {}
     stats = json.loads((data / "stats.json").read_text())
     main = reports["speech-llm"]
     params = main["parameters"]
     llm_path = load_config(out / "model" / "config.yaml").llm.path
-    lines = ["# speechllama demo report", "",
-             "Reproduce: `bash scripts/demo.sh` (= install, then `speechllama demo --out runs/demo`).",
+    reproduce = (f"`speechllama demo --preset {preset} --out {out}`" if preset else
+                 "`bash scripts/demo.sh` (= install, then `speechllama demo --out runs/demo`)")
+    lines = [f"# speechllama demo report{f' (preset {preset})' if preset else ''}", "",
+             f"Reproduce: {reproduce}.",
              "", "## Corpus", "",
              "The human-translated Fish Fillets lines and num2words number expressions, spoken by "
              "espeak-ng voices (every line), Kokoro-82M (the unseen-voice held-out set) and the "
@@ -122,28 +171,29 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, 
              "reference source transcript in place of the audio: what a perfect ear would be "
              "worth without any translation learned. The cascade is the same frozen LLM given its "
              "compressor's greedy transcript instead.", ""]
-    lines += _pair_table(reports)
+    shown = reports | ({"Whisper-base (same rows)": peer["test"]} if "test" in peer else {})
+    lines += _pair_table(shown)
     lines += ["", "Macro averages over language pairs:", "",
-              "| metric | " + " | ".join(reports) + " |", "|---|" + "---:|" * len(reports)]
+              "| metric | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
     for key in main["macro"]:
-        lines.append(f"| {key} | " + " | ".join(f"{r['macro'].get(key, float('nan')):.1f}"
-                                               for r in reports.values()) + " |")
+        lines.append(f"| {key} | " + " | ".join(_num(r["macro"].get(key)) for r in shown.values()) + " |")
     if "text_mt_ceiling" in main:
         lines.append("| st_bleu_all text-MT ceiling (frozen LLM, reference transcripts) | "
                      f"{main['text_mt_ceiling']['macro']['st_bleu_all']:.1f} |"
-                     + " – |" * (len(reports) - 1))
+                     + " – |" * (len(shown) - 1))
     if "cascade" in main:
         lines.append("| st_bleu_all cascade (frozen LLM, its compressor's greedy transcripts) | "
                      f"{main['cascade']['macro']['st_bleu_all']:.1f} |"
-                     + " – |" * (len(reports) - 1))
+                     + " – |" * (len(shown) - 1))
     for part, label in (("llm_alone_asr", "of the LLM alone (ctc_weight 0, same rows)"),
                         ("compressor_asr", "of its CTC compressor alone (greedy, same rows)")):
         if not any(part in r for r in reports.values()):
             continue
         for key in ("asr_wer_all", "asr_cer_all"):  # the bar for ASR: the compressor alone
             lines.append(f"| {key} {label} | " + " | ".join(
-                f"{r[part][key]:.1f}" if part in r else "–" for r in reports.values()) + " |")
+                f"{r[part][key]:.1f}" if part in r else "–" for r in shown.values()) + " |")
     control = [n.replace(" ", "-") for n in reports if n != "speech-llm"]
+    p = None
     if control:  # is the difference in BLEU more than chance?
         from .experiment import paired_p
 
@@ -151,6 +201,11 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, 
         if p is not None:
             lines += ["", f"Speech-LLaMA vs the {control[0]}, X->en BLEU: paired bootstrap p={p:.3f} "
                           "(sacrebleu, 1000 resamples, the ST rows pooled over language pairs)."]
+    if "test" in peer:
+        lines += ["", "Whisper-base (faster-whisper, int8, beam 5; `speechllama.evaluate.evaluate_whisper`) "
+                      "translates the ST rows and transcribes the ASR rows of the same test rows, its digits "
+                      f"spelled out on the number rows as the references are; RTFx {peer['test']['rtfx']:.1f}."]
+        lines += goals(reports, heldout, peer, p)
     sig = next((r["bleu_signature"] for r in main["table"] if "bleu_signature" in r), "")
     lines += ["", f"sacrebleu: `{sig}`. WER/CER after `speechllama.text.normalize`.",
               f"Decoding RTFx (greedy, batched): {main['rtfx']:.1f}.",
@@ -159,7 +214,7 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, 
                "docs/design.md); the zero-audio control decodes with its LLM alone."
                if main["decoding"].get("ctc_weight") else "Transcripts: the LLM alone."),
               "", "## Stage 1: CTC compressor on the test split", "", ctc_report_markdown(ctc["test"])]
-    lines += _heldout_section(ctc, heldout, heldout_per_group)
+    lines += _heldout_section(ctc, heldout, heldout_per_group, peer)
     lines += ["", "## Two test files (the model's own output)", ""]
     for e in examples:
         lines += [f"- `{Path(e['audio']).name}` ({e['src_text']})",

@@ -120,6 +120,18 @@ def test_pretrained_ear_end_to_end_export_loads_without_the_wheels(tmp_path, mon
     model_dir = export_model(latest_checkpoint(tmp_path / "s2"), tmp_path / "model")
     waves = [str(corpus / "audio" / f"{uid}.wav") for uid, _, _ in TWO_UTTERANCES]
     expected = load(tmp_path / "s2", dtype=torch.float32).translate(waves, src_lang="de")
+    # the encoder-decoder baseline on the same ear: the compressor's frozen Whisper encoder
+    assert main(["train", "speech-llm", *common, "--out", str(tmp_path / "s2s"), "--compressor",
+                 str(tmp_path / "ctc"), "speech_llm.system=encoder_decoder", f"llm.path={tmp_path / 'tok'}",
+                 "llm.scratch_vocab=30", "seq2seq.decoder_dim=32", "seq2seq.decoder_layers=1",
+                 "seq2seq.decoder_heads=2", "seq2seq.decoder_ff=64", "train.max_steps=3", *ear]) == 0
+    s2s_dir = export_model(latest_checkpoint(tmp_path / "s2s"), tmp_path / "s2s-model")
+    whisper = bundle.model.backbone.encoder.state_dict()
+    s2s = load(s2s_dir, dtype=torch.float32)
+    assert isinstance(s2s.backbone, WhisperBackbone) and s2s.features == s2s.backbone.features
+    assert all(torch.equal(v, whisper[k]) for k, v in s2s.backbone.encoder.state_dict().items())
+    s2s_out = s2s.translate(waves, src_lang="de")
+    assert all(isinstance(o, str) for o in s2s_out)
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
@@ -132,3 +144,4 @@ def test_pretrained_ear_end_to_end_export_loads_without_the_wheels(tmp_path, mon
     t = model.transcribe(str(long), src_lang="de", return_segments=True)
     assert t.duration == pytest.approx(40.0, abs=0.01) and len(t.segments) >= 4
     assert all(s.end - s.start <= 10.0 + 1e-6 for s in t.segments)
+    assert load(s2s_dir, dtype=torch.float32).translate(waves, src_lang="de") == s2s_out  # no wheels

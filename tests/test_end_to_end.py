@@ -1,6 +1,7 @@
 """The real command, end to end, at toy scale: corpus -> stage 1 -> stage 2 on the default LLM
 (Gemma-3-270M) -> report."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +18,10 @@ def test_demo_command_runs_end_to_end(tmp_path):
         pytest.skip("espeak-ng is not installed (scripts/install.sh installs it)")
     shipped_llm_path()  # converts the default LLM once (~1 min) so the timing below is the pipeline's
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "speechllama", "demo", "--out", str(out), "--procs", "1",
+    # the longer recipe's code path (its settings scaled down by the overrides, which win): Kokoro
+    # voices in training, Whisper-base on the same rows, the goals; the demo's path is its subset
+    cmd = [sys.executable, "-m", "speechllama", "demo", "--preset", "quality", "--out", str(out),
+           "--procs", "1", "corpus.kokoro_per_lang=2",
            "corpus.langs=[de]", "corpus.sentences_per_lang=30", "corpus.numbers_per_lang=6",
            "corpus.kokoro_heldout_per_lang=2", "corpus.real_speech=[cs]",
            "train.max_steps=3", "train.log_every=1", "data.max_frames=1200", "data.max_seconds=8",
@@ -37,6 +41,15 @@ def test_demo_command_runs_end_to_end(tmp_path):
     # the pretrained ear by default, and the cascade next to the text-MT ceiling
     assert "Ear (`compressor.backbone=whisper-base`)" in report
     assert "cascade (frozen LLM, its compressor's greedy transcripts)" in report
+    # the preset: its reproduction, Kokoro in training, Whisper-base on the same rows, the goals
+    assert f"Reproduce: `speechllama demo --preset quality --out {out}`" in report
+    assert "| train | kokoro | " in report
+    assert "Whisper-base (same rows)" in report and report.count("| Whisper-base, same rows |") == 3
+    assert "## Goals of the longer recipe" in report
+    assert "ST BLEU above Whisper-base's, unseen voice source" in report
+    whisper = [json.loads(line) for line in (out / "whisper-base-test.hyp.jsonl").read_text().splitlines()]
+    ours = [json.loads(line) for line in (out / "speech-llm-test.hyp.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in whisper] == [r["id"] for r in ours] and any(r["hyp"] for r in whisper)
 
 
 def test_sigterm_stops_the_training_child_too(tmp_path):
@@ -71,8 +84,6 @@ def test_demo_rerun_with_changed_settings_retrains_what_depends_on_them(tmp_path
     """Stages are keyed by their settings and inputs: rerunning the demo with another train.* value
     retrains both stages and re-scores them, and its results equal a clean run's; rerunning with
     the same settings reuses every stage."""
-    import json
-
     from conftest import CORPUS_WORDS, tiny_llm_folder
 
     from speechllama.pipeline import run_demo

@@ -144,7 +144,7 @@ def build_speech_llm(cfg: ExperimentConfig, compressor: CTCCompressor, base: Pat
     from .speech_llm import OutputVocab, SpeechLLM
 
     if cfg.speech_llm.system == "encoder_decoder":
-        return build_seq2seq(cfg, base)
+        return build_seq2seq(cfg, compressor, base)
     s, l = cfg.speech_llm, cfg.llm
     llm, tokenizer = load_llm(resolve_llm_path(cfg, base), lora_rank=l.lora_rank,
                               lora_alpha=l.lora_alpha or None, lora_targets=tuple(l.lora_targets),
@@ -186,20 +186,26 @@ def output_vocab_ids(tokenizer, targets: list[list[int]]) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def build_seq2seq(cfg: ExperimentConfig, base: Path | None = None):
-    """The encoder-decoder baseline, every weight fresh; its tokenizer comes from ``llm.path``."""
+def build_seq2seq(cfg: ExperimentConfig, compressor: CTCCompressor, base: Path | None = None):
+    """The encoder-decoder baseline; its tokenizer comes from ``llm.path``. It reads what the
+    compressor's backbone reads: on ``scratch`` every weight is fresh (the paper's baseline); on a
+    pretrained backbone (Whisper) it starts from the same frozen pretrained encoder as the
+    compressor (a copy, its projection fresh), so it is compared on the same ear."""
+    import copy
+
     from transformers import AutoTokenizer
 
-    from .ctc_compressor import Conv2dSubsampling
+    from .backbones import Conv2dSubsampling
     from .seq2seq import EncoderDecoder, TransformerDecoderLM
     from .transformer import TransformerStack
 
     q, c = cfg.seq2seq, cfg.compressor
-    if c.backbone != "scratch":  # its features are the compressor's (the stage-2 task's cache)
-        raise UsageError(f"the encoder-decoder baseline reads fbank: train it with a scratch "
-                         f"compressor (compressor.backbone=scratch), not {c.backbone}")
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm_path(cfg, base), local_files_only=True)
-    subsample = Conv2dSubsampling(cfg.features.n_mels, c.conv_channels, c.d_model)
+    if c.backbone == "scratch":
+        subsample = Conv2dSubsampling(cfg.features.n_mels, c.conv_channels, c.d_model)
+    else:
+        subsample = copy.deepcopy(compressor.backbone)
+        subsample.proj.reset_parameters()
     encoder = TransformerStack(c.d_model, c.n_heads, c.n_layers + q.extra_encoder_layers,
                                c.ff_dim, q.dropout)
     decoder = TransformerDecoderLM(len(tokenizer), q.decoder_dim, q.decoder_heads,

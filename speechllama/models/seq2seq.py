@@ -20,7 +20,6 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..decode import DecodingOptions, generate
-from .backbones import Conv2dSubsampling
 from .speech_llm import assemble, next_token_loss
 from .transformer import TransformerStack, sinusoids
 
@@ -117,14 +116,20 @@ class TransformerDecoderLM(nn.Module):
 class EncoderDecoder(nn.Module):
     """Same interface as SpeechLLM: ``forward`` gives the loss, ``generate`` decodes."""
 
-    def __init__(self, subsample: Conv2dSubsampling, encoder: TransformerStack,
+    def __init__(self, subsample: nn.Module, encoder: TransformerStack,
                  decoder: TransformerDecoderLM, encoder_dim: int):
         super().__init__()
         self.subsample, self.encoder, self.decoder = subsample, encoder, decoder
         self.proj = nn.Linear(encoder_dim, decoder.dim)
 
+    @property
+    def backbone(self) -> nn.Module:
+        """Its acoustic front end (models/backbones.py): fbank + Conv2D, or the Whisper encoder;
+        ``features`` and ``feature_rate`` say what it reads."""
+        return self.subsample
+
     def encode_audio(self, feats, lengths):
-        """feats (B, T, 80) -> memory (B, S, D), valid (B, S)."""
+        """feats (B, T, D) (the backbone's features) -> memory (B, S, D'), valid (B, S)."""
         x, n = self.subsample(feats, lengths)  # (B, T, F) -> (B, S, C)
         hidden = self.encoder(x, n)  # (B, S, C)
         valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < n[:, None]
