@@ -29,6 +29,8 @@ dialogId("vit-m-cesta", "font_small", "C:\\WINDOWS is not a path.")
 dialogId("vit-v-hodin", "font_big", "It took you %1 hours!")
 dialogId("vit-x-prazdne", "", "")
 dialogId("vit-m-ano", "font_small", 'Yes, certainly.')
+dialogId("vit-m-ryba", "font_small", "A fish!")
+dialogId("vit-v-svetlo", "font_big", "Turn on the light.")
 for i = 0, 3 do dialogId("key"..i, "", "") end
 '''
 LEVEL_DE = r'''
@@ -45,6 +47,10 @@ dialogId("vit-v-hodin", "font_big", "It took you %1 hours!")
 dialogStr("Du hast %1 Stunden gebraucht!")
 dialogId("vit-m-ano", "font_small", 'Yes, certainly.')
 dialogStr("Ja, sicher.")
+dialogId("vit-m-ryba", "font_small", "A fish!")
+dialogStr("Ein Fisch!")
+dialogId("vit-v-svetlo", "font_big", "Turn on the light.")
+dialogStr("Mach das Licht an.")
 '''
 LEVEL_CS = r'''
 dialogId("vit-m-hlava", "font_small", "Look, a \"head\"!")
@@ -55,12 +61,20 @@ dialogId("vit-m-cesta", "font_small", "C:\\WINDOWS is not a path.")
 dialogStr("C:\\WINDOWS není cesta.")
 dialogId("vit-m-ano", "font_small", 'Yes, certainly.')
 dialogStr("Ano, jistě.")
+dialogId("vit-m-ryba", "font_small", "A fish!")
+dialogStr("Ryba!")
+dialogId("vit-v-svetlo", "font_big", "Turn on the light.")
+dialogStr("Rozsviť.")
 '''
 # a second level reuses an id for a different line; shared lines live in script/share/
 OTHER_EN = 'dialogId("vit-m-ano", "font_small", "No.")\n'
 OTHER_CS = 'dialogId("vit-m-ano", "font_small", "No.")\ndialogStr("Ne.")\n'
 BORE_EN = 'dialogId("bore-m-nuda", "font_small", "I am bored.")\n'
 BORE_CS = 'dialogId("bore-m-nuda", "font_small", "Nudím se.")\ndialogStr("Nudím se.")\n'
+# the split (data.split_of: sha1 of the dialogue key) of each line above: every split is covered,
+# so the assertions about dev and test rows compare non-empty sets
+SPLITS = {"vit-m-hlava": "train", "vit-v-proc": "train", "vit-m-cesta": "train", "vit-m-ano": "train",
+          "vit-m-ano@keys": "train", "bore-m-nuda": "train", "vit-v-svetlo": "dev", "vit-m-ryba": "test"}
 
 
 def fillets_tree(root):
@@ -83,6 +97,7 @@ def test_read_dialogues(tmp_path):
     assert en == {
         "vit-m-hlava": 'Look, a "head"!', "vit-v-proc": "Why? Why not.", "vit-m-cesta": "C:\\WINDOWS is not a path.",
         "vit-m-ano": "Yes, certainly.", "vit-m-ano@keys": "No.", "bore-m-nuda": "I am bored.",
+        "vit-m-ryba": "A fish!", "vit-v-svetlo": "Turn on the light.",
     }  # %1 placeholder, empty text and the non-literal loop are skipped
     de = read_dialogues(root, "de")
     assert de["vit-m-hlava"] == 'Schau, ein "Kopf"!'
@@ -91,6 +106,12 @@ def test_read_dialogues(tmp_path):
     assert "vit-v-hodin" not in de
     cs = read_dialogues(root, "cs")
     assert cs["vit-m-ano@keys"] == "Ne." and cs["bore-m-nuda"] == "Nudím se."
+
+
+def test_fixture_lines_cover_every_split(tmp_path):
+    keys = read_dialogues(fillets_tree(tmp_path / "fillets"), "cs")
+    assert {key: split_of(key) for key in keys} == SPLITS
+    assert set(SPLITS.values()) == {"train", "dev", "test"}
 
 
 def test_read_dialogues_without_game_data(tmp_path):
@@ -118,12 +139,14 @@ def espeak():
 
 def test_build_demo(tmp_path, espeak):
     root = fillets_tree(tmp_path / "fillets")
-    args = dict(langs=("de", "cs"), sentences_per_lang=3, numbers_per_lang=3, root=root, workers=2)
+    # 4 sampled lines a language: the seeded sample reaches every split (SPLITS)
+    args = dict(langs=("de", "cs"), sentences_per_lang=4, numbers_per_lang=3, root=root, workers=2)
     stats = build_demo(tmp_path / "a", **args)
     rows = [u for split in ("train", "dev", "test") for u in read_manifest(tmp_path / "a" / f"{split}.jsonl")]
     by_split = {split: read_manifest(tmp_path / "a" / f"{split}.jsonl") for split in ("train", "dev", "test")}
-    assert len(rows) == 2 * 2 * (3 + 3) and stats["errors"] == []
+    assert len(rows) == 2 * 2 * (4 + 3) and stats["errors"] == []
     for split, utterances in by_split.items():
+        assert utterances, f"no {split} rows: the split check below would hold vacuously"
         assert all(split_of(_key_of(u)) == split for u in utterances)
     for u in rows:
         other = {u.id[:-3] + "-asr" if u.task == "st" else u.id[:-4] + "-st"}
@@ -185,20 +208,23 @@ def test_build_fillets_speech(tmp_path):
     _ogg(sound / "city/cs/vit-v-proc.ogg", 0.8, seed=1)
     _ogg(sound / "keys/cs/vit-m-ano.ogg", 0.5, seed=2)  # the 'keys' line, key vit-m-ano@keys
     _ogg(sound / "share/borejokes/cs/bore-m-nuda.ogg", 0.7, seed=3)
+    _ogg(sound / "city/cs/vit-v-svetlo.ogg", 0.6, seed=4)  # dev
+    _ogg(sound / "city/cs/vit-m-ryba.ogg", 0.6, seed=5)  # test
     _ogg(sound / "city/cs/z-c-1.ogg", 0.5)  # a recording without a text line
     (sound / "city/cs/vit-m-cesta.ogg").write_bytes(b"OggS" + bytes(200))  # corrupt
 
     stats = build_fillets_speech(tmp_path / "out", langs=("cs",), root=root, sound_root=tmp_path / "unpacked")
-    assert stats["langs"]["cs"] == {"recordings": 6, "matched": 5}
+    assert stats["langs"]["cs"] == {"recordings": 8, "matched": 7}
     assert stats["skipped"]["bad_audio"] == 1 and "vit-m-cesta.ogg" in stats["errors"][0]
     assert stats["skipped"]["cs_recordings_without_text"] == 1
     rows = {u.id: (split, u) for split in ("train", "dev", "test")
             for u in read_manifest(tmp_path / "out" / f"{split}.jsonl")}
-    keys = ["vit-m-hlava", "vit-v-proc", "vit-m-ano@keys", "bore-m-nuda"]
+    keys = ["vit-m-hlava", "vit-v-proc", "vit-m-ano@keys", "bore-m-nuda", "vit-v-svetlo", "vit-m-ryba"]
     assert sorted(rows) == sorted(f"cs-{k}-{task}" for k in keys for task in ("st", "asr"))
+    assert {split for split, _ in rows.values()} == {"train", "dev", "test"}
     for key in keys:
         (split, st), (_, asr) = rows[f"cs-{key}-st"], rows[f"cs-{key}-asr"]
-        assert split == split_of(key) and st.audio == asr.audio
+        assert split == split_of(key) == SPLITS[key] and st.audio == asr.audio
         assert st.tgt_lang == "en" and asr.tgt_lang == "cs" and asr.tgt_text == st.src_text
     assert rows["cs-vit-m-ano@keys-st"][1].tgt_text == "No." and rows["cs-vit-m-ano@keys-st"][1].src_text == "Ne."
     assert rows["cs-vit-v-proc-asr"][1].speaker == "fillets-cs-big"
@@ -229,7 +255,8 @@ def test_build_demo_with_every_source(tmp_path, espeak, monkeypatch):
     monkeypatch.setattr(kokoro, "KokoroTTS", FakeKokoro)
     root = fillets_tree(tmp_path / "fillets")
     sound = tmp_path / "unpacked" / "usr/share/games/fillets-ng/sound"
-    for i, key in enumerate(("vit-m-hlava", "vit-v-proc", "vit-m-ano", "vit-m-cesta")):
+    for i, key in enumerate(("vit-m-hlava", "vit-v-proc", "vit-m-ano", "vit-m-cesta", "vit-v-svetlo",
+                             "vit-m-ryba")):  # train x 4, dev, test
         _ogg(sound / f"city/cs/{key}.ogg", 0.6, seed=i)
     _ogg(sound / "keys/cs/vit-m-ano.ogg", 0.5, seed=9)
     stats = build_demo(tmp_path / "a", langs=("de", "cs"), numbers_per_lang=25, root=root,
@@ -238,8 +265,7 @@ def test_build_demo_with_every_source(tmp_path, espeak, monkeypatch):
     assert stats["errors"] == []
     splits = {s: read_manifest(tmp_path / "a" / f"{s}.jsonl") for s in ("train", "dev", "test")}
     held_kokoro = read_manifest(tmp_path / "a" / "heldout-kokoro.jsonl")
-    real_file = tmp_path / "a" / "heldout-real.jsonl"  # written only when a real line falls in test
-    held_real = read_manifest(real_file) if real_file.exists() else []
+    held_real = read_manifest(tmp_path / "a" / "heldout-real.jsonl")  # vit-m-ryba is in test
     in_training = [u for s in ("train", "dev") for u in splits[s]]
     # the unseen-voice set: test lines only, in voices training never uses
     key = lambda u: _key_of(dataclasses.replace(  # noqa: E731
@@ -255,13 +281,15 @@ def test_build_demo_with_every_source(tmp_path, espeak, monkeypatch):
     assert {demo.source_of(u) for u in splits["test"]} == {"espeak"}
     assert all(u.id.startswith("cs-real-") for u in real + held_real)
     for s, rows in [("test", held_real)] + [(s, [u for u in splits[s] if u in real]) for s in ("train", "dev")]:
+        assert rows, f"no real-speech rows in {s}: the split check below would hold vacuously"
         assert all(split_of(u.id[len("cs-real-"):].rsplit("-", 1)[0]) == s for u in rows)
-    assert len(real) + len(held_real) == 2 * 5
+    assert {u.id for u in held_real} == {"cs-real-vit-m-ryba-st", "cs-real-vit-m-ryba-asr"}
+    assert len(real) + len(held_real) == 2 * 7
     assert len({u.id for s in splits.values() for u in s}) == sum(len(s) for s in splits.values())
     hours = stats["hours_by_source"]
     assert set(hours["heldout-kokoro"]) == {"kokoro"}
-    assert set(hours["heldout-real"]) == ({"real"} if held_real else set())
-    assert hours["train"]["espeak"]["de"] > 0 and "real" in hours["train"] | hours["dev"]
+    assert set(hours["heldout-real"]) == {"real"}
+    assert hours["train"]["espeak"]["de"] > 0 and "real" in hours["train"] and "real" in hours["dev"]
     # rebuilt without the held-out sources: their manifests go, the rest is as built before
     build_demo(tmp_path / "a", langs=("de", "cs"), numbers_per_lang=25, root=root, kokoro_per_lang=3,
                sound_root=tmp_path / "unpacked")

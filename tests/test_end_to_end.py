@@ -113,6 +113,12 @@ def test_demo_rerun_with_changed_settings_retrains_what_depends_on_them(tmp_path
     run_demo(rerun, procs=1, control=False, overrides=tiny + ["train.max_steps=3"])
     report = (rerun / "report.md").read_text()
     assert "stage 1: CTC compressor, " in report and "stage 2: speech-llm, " in report
+    # a changed corpus.* setting rebuilds the corpus and retrains and re-scores everything on it
+    before = json.loads((rerun / "data" / "stats.json").read_text())
+    run_demo(rerun, procs=1, control=False, overrides=tiny + ["train.max_steps=3", "corpus.numbers_per_lang=4"])
+    after = json.loads((rerun / "data" / "stats.json").read_text())
+    assert after["config"] != before["config"] and after["splits"] != before["splits"]
+    assert "`stage-keys.json`): nothing." in (rerun / "report.md").read_text()
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys):

@@ -1,41 +1,62 @@
 """The paper experiment: parameter ratio of the two from-scratch systems, and a toy-scale run."""
 
 import json
+import random
+import re
 
 import pytest
 from conftest import TWO_UTTERANCES, write_corpus
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from speechllama.config import load_config
-from speechllama.models.audio_encoder import AudioEncoder
-from speechllama.models.build import build_compressor
-from speechllama.models.ctc_compressor import Conv2dSubsampling
-from speechllama.models.seq2seq import TransformerDecoderLM
-from speechllama.models.transformer import TransformerStack
 
 
-def count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _scratch_texts(n: int = 1000) -> list[str]:
+    """Target texts of pseudo-words, enough for the from-scratch tokenizer to reach its full
+    llm.scratch_vocab (1,000 pieces), as it does on the demo corpus."""
+    rng = random.Random(0)
+    syllables = [a + b for a in "bdfgklmnprstvz" for b in "aeiou"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(3000)]
+    return [" ".join(rng.choice(words) for _ in range(8)) for _ in range(n)]
 
 
-def test_default_sizes_give_the_papers_60_to_100_parameter_ratio():
-    cfg = load_config(None, ["compressor.char_vocab_size=90"])
-    c, s, lc, q = cfg.compressor, cfg.speech_llm, cfg.llm, cfg.seq2seq
-    vocab = lc.scratch_vocab  # both systems share the target-side tokenizer
-    llm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab, hidden_size=lc.scratch_hidden, intermediate_size=lc.scratch_ff,
-        num_hidden_layers=lc.scratch_layers, num_attention_heads=lc.scratch_heads,
-        num_key_value_heads=lc.scratch_heads, tie_word_embeddings=True))
-    decoder_only = (count(build_compressor(cfg)) + count(llm) + count(AudioEncoder(
-        c.d_model, s.encoder_dim, s.encoder_heads, s.encoder_layers, s.encoder_ff, 0.0,
-        lc.scratch_hidden)))
-    encoder_decoder = (count(Conv2dSubsampling(80, c.conv_channels, c.d_model))
-                       + count(TransformerStack(c.d_model, c.n_heads,
-                                                c.n_layers + q.extra_encoder_layers, c.ff_dim, 0.0))
-                       + count(TransformerDecoderLM(vocab, q.decoder_dim, q.decoder_heads,
-                                                    q.decoder_layers, q.decoder_ff, 0.0))
-                       + c.d_model * q.decoder_dim + q.decoder_dim)
-    assert 0.54 <= decoder_only / encoder_decoder <= 0.66, (decoder_only, encoder_decoder)
+def test_default_sizes_give_the_papers_60_to_100_parameter_ratio(tmp_path):
+    """The two from-scratch systems as `speechllama experiment paper` trains them (its stage-1 and
+    stage-2 settings and SYSTEMS overrides, built by models/build.py as training and loading
+    build them), counted as its report counts them (evaluate.parameter_counts), and the ratio
+    claim (5) of its table prints."""
+    from speechllama.evaluate import parameter_counts
+    from speechllama.experiment import SYSTEMS, claims
+    from speechllama.models.build import build_compressor, build_speech_llm
+    from speechllama.models.llm import create_scratch_llm
+    from speechllama.pipeline import STAGE1, STAGE2
+
+    stage1 = load_config(None, STAGE1 + ["compressor.char_vocab_size=90"])  # the demo's characters
+    compressor, texts = build_compressor(stage1), _scratch_texts()
+    counts, kinds = {}, {}
+    for system in ("decoder-only-scratch", "encoder-decoder"):
+        cfg = load_config(None, STAGE2 + SYSTEMS[system])
+        cfg.compressor = stage1.compressor  # stage 2 takes its compressor's (tasks/speech_llm.py)
+        # as tasks/speech_llm.py makes it in the run's llm-init folder: the target-side tokenizer
+        # (both systems) and the from-scratch LLaMA (the decoder-only one), of llm.scratch_*
+        lc, seq2seq = cfg.llm, cfg.speech_llm.system == "encoder_decoder"
+        lc.path = str(create_scratch_llm(tmp_path / system / "llm-init", texts, lc.scratch_hidden,
+                                         lc.scratch_layers, lc.scratch_heads, lc.scratch_ff,
+                                         lc.scratch_vocab, cfg.train.seed, with_model=not seq2seq))
+        model, tokenizer = build_speech_llm(cfg, compressor)
+        assert len(tokenizer) == lc.scratch_vocab
+        counts[system], kinds[system] = parameter_counts(model), type(model).__name__
+    assert kinds == {"decoder-only-scratch": "SpeechLLM", "encoder-decoder": "EncoderDecoder"}
+    assert counts["encoder-decoder"]["trainable"] == counts["encoder-decoder"]["total"]
+    decoder_only, encoder_decoder = (counts[s]["total"] for s in counts)
+    assert 0.54 <= decoder_only / encoder_decoder <= 0.66, counts  # the paper's ~60 : 100
+    # what the experiment's table says about it: claim (5) with the ratio, not refuted by size
+    results = {s: {"macro_bleu": None, "trainable": 0, "total": 0}
+               for s in ("speech-llama", "remove-blank", "causal-mask", "no-lora")}
+    results |= {s: {"macro_bleu": None, **c} for s, c in counts.items()}
+    (_, ok, why), = [c for c in claims(results, tmp_path) if c[0].startswith("(5)")]
+    ratio = decoder_only / encoder_decoder
+    assert re.search(r"(\d\.\d\d)x the parameters$", why)[1] == f"{ratio:.2f}"
+    assert ok == "inconclusive"  # no BLEU yet; "not reproduced" if the sizes broke the ratio
 
 
 @pytest.mark.slow
