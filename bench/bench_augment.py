@@ -25,7 +25,7 @@ import soundfile as sf
 import torch
 
 from speechllama.audio import fbank, load_audio
-from speechllama.augment import Augmenter
+from speechllama.audio.augment import Augmenter
 from speechllama.config import AugmentConfig
 from speechllama.data import read_manifest
 from speechllama.data.features import load_features

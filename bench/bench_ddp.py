@@ -2,7 +2,7 @@
 """On 2 cores, do two 1-thread `torchrun` ranks train faster than one process with two threads?
 
 Runs `speechllama train ctc` (stage 1) and `speechllama train speech-llm` (stage 2) at the demo's
-settings (STAGE1 / STAGE2 of speechllama/pipeline.py, steps shortened) as:
+settings (STAGE1 / STAGE2 of speechllama/recipes/demo.py, steps shortened) as:
 
     a   one process, 2 threads (OMP_WAIT_POLICY as inherited)
     a_p one process, 2 threads, OMP_WAIT_POLICY=PASSIVE (what scripts/demo.sh exports)
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def overrides(stage: str, steps: int) -> list[str]:
     """The demo's settings for the stage, cut to ``steps`` steps, logging often, no extra checkpoint."""
-    from speechllama.pipeline import STAGE1, STAGE2
+    from speechllama.recipes.budgets import STAGE1, STAGE2
 
     every = 10 if stage == "ctc" else 1
     return [*(STAGE1 if stage == "ctc" else STAGE2), f"train.max_steps={steps}",
@@ -91,9 +91,9 @@ def exact_items(stage: str, steps: int, args) -> dict[int, int]:
 
     extra = [f"data.train={Path(args.data) / 'train.jsonl'}"]
     if stage == "ctc":
-        from speechllama.tasks.ctc import CTCTask as Task
+        from speechllama.training.ctc import CTCTask as Task
     else:
-        from speechllama.tasks.speech_llm import SpeechLLMTask as Task
+        from speechllama.training.speech_llm import SpeechLLMTask as Task
         extra.append(f"speech_llm.compressor={args.compressor}")
     cfg = load_config(None, overrides(stage, steps) + extra)
     frames = Task(cfg, progress=False).sampler.lengths

@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from speechllama.config import load_config
     from speechllama.models.build import build_speech_llm
-    from speechllama.pipeline import STAGE2
-    from speechllama.tasks.speech_llm import SpeechLLMTask
+    from speechllama.recipes.budgets import STAGE2
+    from speechllama.training.speech_llm import SpeechLLMTask
 
     cfg = load_config(None, [*STAGE2, f"data.train={Path(args.data) / 'train.jsonl'}",
                              f"speech_llm.compressor={args.compressor}"])

@@ -20,11 +20,11 @@ import torch
 
 from speechllama.config import ExperimentConfig
 from speechllama.data import read_manifest
-from speechllama.decode import DecodingOptions, generate
 from speechllama.models.build import output_vocab_ids
+from speechllama.models.decode import DecodingOptions, generate
 from speechllama.models.llm import audio_text_mask, load_llm
 from speechllama.models.speech_llm import IGNORE, OutputVocab, next_token_loss
-from speechllama.tasks.speech_llm import target_ids, target_text
+from speechllama.training.speech_llm import target_ids, target_text
 
 LLMS = ("gemma3-270m", "smollm2")
 

@@ -213,7 +213,7 @@ def load_test(server: Server, args, files, uploads, reference) -> str:
 
 def long_form(server: Server, model, wave: np.ndarray, lang: str | None) -> list[str]:
     """One long file served vs its segments decoded offline one at a time (same cut points)."""
-    from speechllama.inference import Job
+    from speechllama.inference.api import Job
 
     buf = tempfile.SpooledTemporaryFile()
     sf.write(buf, wave, SR, format="WAV")

@@ -142,8 +142,8 @@ def train_step(task, opt, trainable, indices, bf16: bool) -> dict:
 def train_bench(args) -> dict:
     """Warm-up, then ``args.steps`` timed steps of SpeechLLMTask at the demo's stage-2 settings."""
     from speechllama.config import load_config
-    from speechllama.pipeline import STAGE2
-    from speechllama.tasks.speech_llm import SpeechLLMTask
+    from speechllama.recipes.budgets import STAGE2
+    from speechllama.training.speech_llm import SpeechLLMTask
 
     cfg = load_config(None, [*STAGE2, f"data.train={Path(args.data) / 'train.jsonl'}",
                              f"speech_llm.compressor={args.compressor}"]
@@ -189,7 +189,7 @@ def counted_step(task, opt, trainable, batch, cfg) -> tuple[float, float] | None
 def pick_rows(data: Path, n: int) -> list:
     """n ST rows of test.jsonl, round-robin over (source language, numbers/sentences) groups."""
     from speechllama.data import read_manifest
-    from speechllama.evaluate import subset_of
+    from speechllama.evaluation.metrics import subset_of
 
     groups: dict[tuple, list] = {}
     for u in read_manifest(data / "test.jsonl"):
@@ -206,7 +206,7 @@ def decode_bench(model, rows, waves) -> dict:
     so a mixed batch of 16 decodes as one ASR and one ST batch) from in-memory 16 kHz waves (fbank
     included) at batch 1 and batch 16."""
     from speechllama import fbank
-    from speechllama.inference import Request
+    from speechllama.inference.api import Request
 
     def requests(lo, hi):
         return [Request(fbank(w), u.task, u.src_lang, u.tgt_lang)
@@ -232,7 +232,7 @@ def llm_lengths(model, rows, waves) -> dict:
     """Mean audio vectors and mean LLM sequence (prompt + audio + target + eos) per compression mode,
     one utterance at a time (no padding)."""
     from speechllama import ctc_compress, fbank
-    from speechllama.tasks.speech_llm import target_ids
+    from speechllama.training.speech_llm import target_ids
 
     b, audio, text = model.bundle, {m: 0 for m in MODES}, 0
     for u, w in zip(rows, waves):
@@ -246,10 +246,10 @@ def llm_lengths(model, rows, waves) -> dict:
 
 
 def whisper_bench(rows, waves, threads: int) -> dict | None:
-    """Whisper-base (speechllama.whisper_peer: faster-whisper, int8, temperature 0) at beam 1 and 5,
+    """Whisper-base (speechllama.evaluation.whisper_peer: faster-whisper, int8, temperature 0) at beam 1 and 5,
     one file at a time, and greedy in batches of 16 files (CTranslate2's batched generate)."""
     try:
-        from speechllama.whisper_peer import WhisperPeer
+        from speechllama.evaluation.whisper_peer import WhisperPeer
     except ImportError:
         return None
     out = {}
@@ -292,7 +292,7 @@ def print_training(t: dict, peak: dict) -> None:
 
 
 def print_decoding(rows, dec: dict, wh: dict | None) -> None:
-    from speechllama.evaluate import translation_scores
+    from speechllama.evaluation.metrics import translation_scores
 
     audio_s = sum(u.duration for u in rows)
     lines = [("speechllama, bf16 weights, greedy, batch 1", dec[1]),

@@ -26,7 +26,7 @@ for ckpt in "$out/$name"/step-*; do
   .venv/bin/python - "$ckpt" "$data" <<'PY' | tee -a "$out/$name.curve"
 import json, sys
 from pathlib import Path
-from speechllama.evaluate import evaluate_ctc
+from speechllama.evaluation.evaluate import evaluate_ctc
 ckpt, data = sys.argv[1], Path(sys.argv[2])
 row = {"checkpoint": ckpt}
 for source in ("espeak", "real"):

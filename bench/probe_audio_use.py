@@ -22,8 +22,8 @@ from speechllama.audio import fbank, load_audio
 from speechllama.config import load_config
 from speechllama.data import read_manifest
 from speechllama.data.batching import pad_feats
-from speechllama.decode import DecodingOptions
-from speechllama.tasks.speech_llm import SpeechLLMTask, target_ids
+from speechllama.models.decode import DecodingOptions
+from speechllama.training.speech_llm import SpeechLLMTask, target_ids
 
 
 def main(argv=None) -> None:

@@ -27,7 +27,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import speechllama
     from speechllama.audio import load_audio
-    from speechllama.inference import Job
+    from speechllama.inference.api import Job
 
     model = speechllama.load(args.model, dtype=getattr(torch, args.dtype), device="cpu")
     files: dict[str, str] = {}

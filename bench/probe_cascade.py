@@ -11,11 +11,11 @@ import dataclasses
 
 from speechllama.config import LLMConfig
 from speechllama.data import read_manifest
-from speechllama.data.features import load_features
-from speechllama.evaluate import ctc_outputs, first_per_group, text_mt_ceiling
+from speechllama.data.features import feature_cache_path, load_features
+from speechllama.evaluation.evaluate import ctc_outputs, text_mt_ceiling
+from speechllama.evaluation.metrics import first_per_group
 from speechllama.models.build import load_compressor
 from speechllama.models.llm import load_llm
-from speechllama.tasks.ctc import feature_cache_path
 
 
 def main() -> None:

@@ -10,10 +10,10 @@ import argparse
 import torch
 
 from speechllama.data.batching import LengthBucketSampler, pad_feats
-from speechllama.evaluate import error_rates
+from speechllama.evaluation.metrics import error_rates
 from speechllama.models.build import load_compressor
-from speechllama.tasks.ctc import recordings
 from speechllama.text import CTCTokenizer
+from speechllama.training.ctc import recordings
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import torch
 
 from speechllama.audio import fbank, load_audio
 from speechllama.data import read_manifest
-from speechllama.decode import DecodingOptions, generate
 from speechllama.models.audio_encoder import piece_embeddings
 from speechllama.models.build import load_compressor
 from speechllama.models.ctc_compressor import ctc_compress
+from speechllama.models.decode import DecodingOptions, generate
 from speechllama.models.llm import build_prompt, default_llm_path, instruction, load_llm
 from speechllama.models.speech_llm import assemble
 from speechllama.text import collapse_ctc

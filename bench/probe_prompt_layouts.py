@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which prompt layout lets a base LLM (no chat template) translate from text? Inference only.
 
-The text-MT ceiling (speechllama.evaluate.text_mt_ceiling: the reference source transcript in the
+The text-MT ceiling (speechllama.evaluation.evaluate.text_mt_ceiling: the reference source transcript in the
 audio slot, the frozen LLM, greedy) under each candidate layout of models/prompt.plain_layout, on
 the same rows. The chosen layout is the current plain_layout ("German:<audio>\\nEnglish:").
 
@@ -12,7 +12,8 @@ import argparse
 
 from speechllama.config import LLMConfig
 from speechllama.data import read_manifest
-from speechllama.evaluate import first_per_group, text_mt_ceiling
+from speechllama.evaluation.evaluate import text_mt_ceiling
+from speechllama.evaluation.metrics import first_per_group
 from speechllama.models import prompt
 from speechllama.models.llm import load_llm
 

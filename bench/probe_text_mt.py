@@ -5,7 +5,7 @@ For the first ``--rows`` ST rows of each (language pair, numbers/sentences) grou
 reference source transcript's tokens where the audio vectors go in the speech model's prompt
 (speechllama.models.prompt) and lets the frozen LLM (no LoRA) translate greedily: the same
 measurement ``speechllama evaluate`` reports as "text-MT ceiling" next to a speech model's BLEU
-(speechllama.evaluate.text_mt_ceiling). What a perfect ear would be worth with no translation
+(speechllama.evaluation.evaluate.text_mt_ceiling). What a perfect ear would be worth with no translation
 learned in stage 2.
 
     .venv/bin/python bench/probe_text_mt.py --llm gemma3-270m --rows 15
@@ -17,7 +17,8 @@ import time
 
 from speechllama.config import LLMConfig
 from speechllama.data import read_manifest
-from speechllama.evaluate import first_per_group, text_mt_ceiling
+from speechllama.evaluation.evaluate import text_mt_ceiling
+from speechllama.evaluation.metrics import first_per_group
 from speechllama.models.llm import load_llm
 
 

@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 def load(path, *args, **kwargs):
     """Load a trained Speech-LLaMA model: ``speechllama.load("runs/demo/model")``."""
-    from .inference import load as _load
+    from .inference.api import load as _load
 
     return _load(path, *args, **kwargs)

@@ -28,20 +28,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import write_text_atomic
 from .errors import UserError
 
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint folder that is missing, incomplete or inconsistent (names the path)."""
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, write: Callable[[Path], None],
@@ -62,7 +54,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, write: Callable[[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(run_dir / "latest", final.name + "\n")
+    write_text_atomic(run_dir / "latest", final.name + "\n", fsync=True)
     steps = sorted(p for p in run_dir.glob("step-*") if p.is_dir())
     for old in steps[:-keep] if keep > 0 else []:
         if old != final:

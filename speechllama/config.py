@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_text_atomic
 from .errors import UserError
 
 
@@ -36,7 +36,7 @@ class FeatureConfig:
 
 @dataclass
 class AugmentConfig:
-    """Waveform augmentation of training rows before fbank (speechllama/augment.py); evaluation
+    """Waveform augmentation of training rows before fbank (speechllama/audio/augment.py); evaluation
     and inference never augment."""
 
     prob: float = 0.0  # share of training rows augmented at all (0 = off: every row from the cache)
@@ -386,8 +386,4 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Ex
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

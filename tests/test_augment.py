@@ -9,7 +9,7 @@ from conftest import TINY
 from safetensors.torch import load_file
 
 from speechllama.audio import fbank, load_audio, num_frames
-from speechllama.augment import (
+from speechllama.audio.augment import (
     Augmenter,
     add_noise,
     apply_gain,
@@ -24,7 +24,7 @@ from speechllama.cli import main
 from speechllama.config import AugmentConfig, ConfigError, load_config
 from speechllama.data.features import training_features
 from speechllama.models.ctc_compressor import min_input_frames, subsampled_lengths
-from speechllama.tasks.ctc import CTCTask
+from speechllama.training.ctc import CTCTask
 
 SR = 16000
 

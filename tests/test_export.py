@@ -7,13 +7,12 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import (CORPUS_WORDS, TINY, TWO_UTTERANCES, train_on_another_llms_labels,
-                      train_two_stages)
+from conftest import CORPUS_WORDS, TINY, TWO_UTTERANCES, train_on_another_llms_labels, train_two_stages
 from safetensors.torch import load_file
 
 from speechllama import load
 from speechllama.cli import main
-from speechllama.inference import features_of
+from speechllama.inference.api import features_of
 from speechllama.models import shipped
 from speechllama.models.llm import weights_hash
 from speechllama.models.llm_family import llm_inputs

@@ -11,9 +11,8 @@ import torch
 from conftest import LLM_WORDS, tiny_llm_folder, tiny_tokenizer
 from transformers import LlamaForCausalLM, ViTConfig
 
-from speechllama.decode import DecodingOptions, generate
-from speechllama.models import llm
-from speechllama.models import shipped
+from speechllama.models import llm, shipped
+from speechllama.models.decode import DecodingOptions, generate
 from speechllama.models.llm import (
     audio_text_mask,
     load_llm,

@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from speechllama.checkpoint import load_tensors, save_tensors
-from speechllama.decode import DecodingOptions, generate
+from speechllama.models.decode import DecodingOptions, generate
 from speechllama.models.llm import audio_text_mask, load_llm, load_trainable_state_dict, trainable_state_dict
 from speechllama.models.llm_family import (
     UnsupportedLLMError,

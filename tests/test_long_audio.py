@@ -11,10 +11,10 @@ import torch
 from conftest import CORPUS_WORDS, TINY, tiny_llm_folder, tone_sequence
 
 from speechllama import load
-from speechllama.align import forced_align, word_frames
 from speechllama.cli import main
-from speechllama.inference import Job
-from speechllama.segment import cut_frames, pause_labels, pause_runs, segment_wave
+from speechllama.inference.align import forced_align, word_frames
+from speechllama.inference.api import Job
+from speechllama.inference.segment import cut_frames, pause_labels, pause_runs, segment_wave
 
 SR = 16000
 TONE = {"eins": 300, "zwei": 700, "drei": 1100, "vier": 1500, "fünf": 2000}  # a "word": one tone
@@ -227,7 +227,7 @@ def test_word_timestamps_lie_in_their_segments_in_order(model, long_file):
 def test_one_unalignable_segment_keeps_the_other_segments_word_times(model, long_file, monkeypatch):
     """A segment whose text cannot be aligned loses its own word times, not the file's: the other
     segments keep theirs, and a warning names the one left out."""
-    import speechllama.align as align
+    import speechllama.inference.align as align
 
     stt, _ = model
     whole = stt.transcribe(long_file[0], src_lang="de", return_segments=True)

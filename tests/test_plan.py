@@ -14,7 +14,7 @@ from conftest import ROOT, TINY, tiny_llm_folder
 
 from speechllama.cli import main
 from speechllama.config import load_config
-from speechllama.plan import FIT_FRACTION, format_plan, make_plan
+from speechllama.training.plan import FIT_FRACTION, format_plan, make_plan
 
 LLAMA_7B_PARAMS = 6.74e9  # LLaMA-7B (arXiv 2302.13971); 6,738,415,616 in its Hugging Face form
 LORA_7B = 32 * 4 * (2 * 4096 + 4096 * 2)  # layers x (q, k, v, o) x (A: 2 x 4096 + B: 4096 x 2)
@@ -152,7 +152,7 @@ def test_estimate_within_the_readmes_tolerance_of_measured_peak(tiny, bf16, chec
     the same model (built as training builds it) on a batch of the plan's shape, within what
     README.md claims (docs/scale.md has the numbers)."""
     from speechllama.models.build import build_compressor, build_speech_llm
-    from speechllama.step_trace import prepare
+    from speechllama.training.step_trace import prepare
 
     cfg, plan = tiny
     if bf16:

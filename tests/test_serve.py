@@ -18,12 +18,25 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import openai
 import pytest
-import numpy as np
 import soundfile as sf
-from serve_helpers import (API_KEY, MAX_SECONDS, SR, crops, free_socket, live_server, long_wave, multipart,
-                           raw_post, trained_model, wait_for, wav_bytes, write_clips)
+from serve_helpers import (
+    API_KEY,
+    MAX_SECONDS,
+    SR,
+    crops,
+    free_socket,
+    live_server,
+    long_wave,
+    multipart,
+    raw_post,
+    trained_model,
+    wait_for,
+    wav_bytes,
+    write_clips,
+)
 
 from speechllama.audio import load_audio_bytes
 from speechllama.serve import create_app, load_for_serving
@@ -129,7 +142,7 @@ def test_word_timestamps(served):
 def test_long_file_gets_ordered_segments(served, tmp_path):
     """> 2 minutes of clips and pauses: segments cover the file in order without overlap, none longer
     than the model's training clips (MAX_SECONDS); served == offline. (Where the cuts fall is
-    speechllama.segment's; this tiny compressor labels pauses as words, so here they are hard cuts.)"""
+    speechllama.inference.segment's; this tiny compressor labels pauses as words, so here they are hard cuts.)"""
     _, client, offline, _ = served
     wave, _ = long_wave(130.0)
     path = tmp_path / "long.wav"
@@ -154,8 +167,8 @@ def test_long_file_gets_ordered_segments(served, tmp_path):
 def test_a_long_file_with_silent_segments(served, tmp_path, monkeypatch):
     """Segments the compressor hears as silence are not decoded ("" text, no words), served as
     offline (this tiny compressor hears none, so every third segment is made silent, for both)."""
-    import speechllama.inference
-    from speechllama.segment import Span, segment_wave
+    import speechllama.inference.api
+    from speechllama.inference.segment import Span, segment_wave
 
     def with_silence(*args, **kwargs):
         spans = segment_wave(*args, **kwargs)

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import (CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, tone_sequence,
-                      train_on_another_llms_labels)
+from conftest import CORPUS_WORDS, TINY, TWO_UTTERANCES, tiny_llm_folder, tone_sequence, train_on_another_llms_labels
 
 from speechllama import load
 from speechllama.checkpoint import CheckpointError
 from speechllama.cli import main
-from speechllama.decode import DecodingOptions
-from speechllama.evaluate import evaluate_model
-from speechllama.inference import features_of
+from speechllama.evaluation.evaluate import evaluate_model
+from speechllama.inference.api import features_of
 from speechllama.models.build import load_speech_llm
+from speechllama.models.decode import DecodingOptions
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +120,7 @@ def test_resume_gives_the_same_stage2_run(trained, tmp_path):
 def test_decoder_only_from_scratch_overfits_and_exports(trained, tmp_path):
     """llm.init=scratch: a small random LLaMA with its own tokenizer, every weight trained."""
     from speechllama.checkpoint import latest_checkpoint
-    from speechllama.pipeline import export_model
+    from speechllama.recipes.demo import export_model
 
     corpus, run, _ = trained
     out = tmp_path / "scratch"
@@ -145,7 +144,7 @@ def test_encoder_decoder_baseline_overfits_decodes_with_cache_and_reloads(traine
     """speech_llm.system=encoder_decoder: cross-attention decoder, same decoding code and API."""
     from speechllama.checkpoint import latest_checkpoint
     from speechllama.models.seq2seq import EncoderDecoder
-    from speechllama.pipeline import export_model
+    from speechllama.recipes.demo import export_model
 
     corpus, run, _ = trained
     out = tmp_path / "seq2seq"
@@ -184,9 +183,9 @@ def test_llm_token_compressor_and_piece_prior_train_export_and_reload(trained, t
     """compressor.labels=llm_tokens: the CTC labels are the LLM's tokens; stage 2 with the piece
     prior starts from their exact embeddings, and the exported model reloads identically."""
     from speechllama.checkpoint import latest_checkpoint
-    from speechllama.evaluate import evaluate_ctc
+    from speechllama.evaluation.evaluate import evaluate_ctc
     from speechllama.models.build import load_compressor
-    from speechllama.pipeline import export_model
+    from speechllama.recipes.demo import export_model
 
     corpus, _, llm = trained
     common = ["--config", str(TINY), "--data", str(corpus), "--llm", str(llm)]
@@ -252,7 +251,7 @@ def test_labels_of_another_llm_map_into_the_stage2_llm_by_text(trained, tmp_path
     piece prior maps each label's text into the stage-2 LLM's embeddings, the model reloads
     (both LLMs found again), and joint CTC decoding is refused with the reason."""
     from speechllama.checkpoint import latest_checkpoint
-    from speechllama.pipeline import export_model
+    from speechllama.recipes.demo import export_model
 
     corpus, _, label_llm = trained
     run = train_on_another_llms_labels(corpus, label_llm, tmp_path, ctc_steps=20)
@@ -273,7 +272,7 @@ def test_text_mt_ceiling_is_the_frozen_llm_on_reference_transcripts(trained, cap
     gives exactly what the base LLM alone gives from the reference transcripts; --no-ceiling
     skips it."""
     from speechllama.data import read_manifest
-    from speechllama.evaluate import text_mt_ceiling
+    from speechllama.evaluation.evaluate import text_mt_ceiling
     from speechllama.models.llm import load_llm
 
     corpus, run, llm = trained
@@ -297,7 +296,7 @@ def test_llm_token_spans_start_as_the_transcripts_embeddings_and_reload(trained,
     transcript; with the gate at 0 they are exactly the LLM's embeddings of those tokens (a
     cascade), and the exported model reloads to the same outputs."""
     from speechllama.checkpoint import latest_checkpoint
-    from speechllama.pipeline import export_model
+    from speechllama.recipes.demo import export_model
 
     corpus, run, llm = trained
     out = tmp_path / "spans"

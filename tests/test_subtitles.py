@@ -5,9 +5,8 @@ import re
 
 import pytest
 
-from speechllama.inference import Segment, Transcript, Word
-from speechllama.subtitles import (FORMATS, render, timestamp, to_json, to_srt, to_verbose_json,
-                                   to_vtt)
+from speechllama.inference.api import Segment, Transcript, Word
+from speechllama.inference.subtitles import FORMATS, render, timestamp, to_json, to_srt, to_verbose_json, to_vtt
 
 
 def transcript(task="asr", words=True) -> Transcript:

@@ -95,8 +95,8 @@ def test_normalized_asr_targets_are_the_compressor_labels_tokens():
     compressor's labels spell for its transcript; ST rows and verbatim ASR rows keep their text;
     every target starts with the word-start marker."""
     from speechllama.data import Utterance
-    from speechllama.tasks.speech_llm import target_ids, target_text
     from speechllama.text import word_start_prefix
+    from speechllama.training.speech_llm import target_ids, target_text
 
     llm_tok = tiny_tokenizer(CORPUS_WORDS)
     labels = LLMTokenCTCTokenizer.train(["Eins, zwei!"], llm_tok)

@@ -18,7 +18,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from speechllama import assets
 from speechllama.models import whisper
-from speechllama.whisper_peer import WHISPER_BASE_CT2, WHISPER_PACKAGES
+from speechllama.models.whisper import WHISPER_BASE_CT2, WHISPER_PACKAGES
 
 DTYPE_IDS = {np.dtype("float32"): 0, np.dtype("int8"): 1, np.dtype("int16"): 2, np.dtype("int32"): 3,
              np.dtype("float16"): 4}
@@ -220,7 +220,7 @@ def test_real_encoder_matches_ctranslate2(tmp_path):
     import ctranslate2
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from speechllama.whisper_peer import whisper_model_dir
+    from speechllama.evaluation.whisper_peer import whisper_model_dir
 
     wave = _real_clip(tmp_path)
     encoder = whisper.load_whisper_encoder()

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..audio import AudioError, fbank, load_audio
-from ..augment import Augmenter
+from ..atomic import write_atomic
+from ..audio import AudioError, fbank, load_audio, spec_augment
+from ..audio.augment import Augmenter
+from ..config import ExperimentConfig, FeatureConfig
+from ..device import rank0_first
 from ..progress import progress as progress_bar
+from .batching import pad_feats
+from .manifest import read_manifest
 
 
 class FbankExtractor:
@@ -149,11 +155,9 @@ def load_features(audio_paths: list[str], cache_file: str | os.PathLike, progres
     all_feats = torch.cat(chunks) if chunks else torch.zeros(0, extractor.feature_dim,
                                                              dtype=torch.float16)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    save_file({"feats": all_feats.contiguous()}, str(tmp),
-              metadata={"extractor": extractor.key, "index": json.dumps(index),
-                        "errors": json.dumps(failed)})
-    os.replace(tmp, cache_file)
+    write_atomic(cache_file, lambda tmp: save_file(
+        {"feats": all_feats.contiguous()}, str(tmp),
+        metadata={"extractor": extractor.key, "index": json.dumps(index), "errors": json.dumps(failed)}))
     return FeatureStore(all_feats, {p: (v[0], v[1]) for p, v in index.items()},
                         [failed[p][0] for p in paths if p in failed])
 
@@ -172,3 +176,61 @@ def training_features(store: FeatureStore, paths: list[str], generator: torch.Ge
     chosen = (torch.rand(len(paths), generator=generator) < augmenter.cfg.prob).tolist()
     return [extractor([augmenter(load_audio(p), generator, s)])[0] if c else store.get(p)
             for p, s, c in zip(paths, speeds, chosen)]
+
+
+def training_batch(store: FeatureStore, paths: list[str], generator: torch.Generator, cmvn,
+                   features: FeatureConfig, augmenter: Augmenter | None = None,
+                   speeds: list[list[float]] | None = None, extractor=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch's features, as both stages build it: :func:`training_features`, CMVN,
+    padding, then SpecAugment when ``features.spec_augment`` (its draws from ``generator``).
+    Returns (B, T, F) and lengths (B,)."""
+    feats = training_features(store, paths, generator, augmenter, speeds, extractor)
+    feats, lengths = pad_feats([cmvn(x) for x in feats])
+    if features.spec_augment:
+        feats = spec_augment(feats, lengths, freq_masks=features.freq_masks, freq_width=features.freq_width,
+                             time_masks=features.time_masks, time_width_ratio=features.time_width_ratio,
+                             generator=generator)
+    return feats, lengths
+
+
+def feature_cache_path(manifest: str | Path, key: str = "fbank") -> Path:
+    """Where a manifest's features of kind ``key`` (the extractor's) are cached."""
+    manifest = Path(manifest)
+    name = f"{manifest.stem}.safetensors" if key == "fbank" else f"{manifest.stem}.{key}.safetensors"
+    return manifest.parent / ".fbank" / name
+
+
+def training_audio(cfg: ExperimentConfig) -> set[str]:
+    """The audio files of the training manifest that training uses: all, or the seeded sample of
+    ``data.max_hours`` (the same for both stages)."""
+    paths = [u.audio for u in read_manifest(cfg.data.train)]
+    return set(sample_hours(paths, cfg.data.max_hours, cfg.train.seed))
+
+
+def manifest_recordings(manifest: str | Path, extractor, progress: bool = True,
+                        keep: set[str] | None = None):
+    """Distinct recordings of a manifest with a source transcript: [(audio, src_text, src_lang)]
+    (only those in ``keep`` when given), plus their features by ``extractor`` (cached beside the
+    manifest; computed by rank 0 first under torchrun). Rows sharing an audio file (ST + ASR of
+    one recording) count once."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for u in read_manifest(manifest):
+        if u.src_text and u.audio not in seen and (keep is None or u.audio in keep):
+            seen[u.audio] = (u.audio, u.src_text, u.src_lang)
+    recs = sorted(seen.values())
+    store = rank0_first(load_features, [r[0] for r in recs],
+                        feature_cache_path(manifest, extractor.key), progress=progress,
+                        extractor=extractor)
+    if store.errors:
+        print(f"{manifest}: skipped {len(store.errors)} unreadable audio file(s), e.g. "
+              f"{store.errors[0]}", file=sys.stderr)
+    return [r for r in recs if r[0] in store], store
+
+
+
+
+def training_features_store(cfg: ExperimentConfig, paths: list[str], extractor,
+                            progress: bool = True) -> FeatureStore:
+    """The features of training recordings ``paths`` (cached beside the training manifest)."""
+    return rank0_first(load_features, paths, feature_cache_path(cfg.data.train, extractor.key),
+                       progress=progress, extractor=extractor)

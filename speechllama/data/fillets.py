@@ -19,10 +19,8 @@ speech-translation row) and with the line in the spoken language (an ASR row).
 """
 
 import json
-import os
 import re
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,8 +28,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from speechllama.audio import SAMPLE_RATE, load_audio
-
+from ..atomic import write_atomic
+from ..audio import SAMPLE_RATE, load_audio
 from ..progress import progress
 from .manifest import CorpusError, Utterance, summarize, write_splits
 
@@ -194,14 +192,8 @@ def save_wav(path, audio: np.ndarray, sample_rate: int) -> None:
     """Write float audio as 16-bit PCM wav atomically (an interrupted build leaves no half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16",
+                                            format="WAV"))
 
 
 def wav_duration(path, sample_rate: int, min_seconds: float = 0.1):

@@ -28,11 +28,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from ..atomic import write_text_atomic
 from ..errors import UsageError, UserError
 
 REQUIRED_FIELDS = ("id", "audio", "duration", "src_lang", "tgt_lang", "tgt_text")
@@ -184,15 +184,7 @@ def write_manifest(path, utterances: Iterable[Utterance]) -> None:
         if audio.is_relative_to(folder):
             row["audio"] = audio.relative_to(folder).as_posix()
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, "".join(lines))
 
 
 def check_manifest(path, decode: bool = True) -> list[str]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..atomic import write_text_atomic
 from ..errors import MissingFileError, UsageError
 from .llm_family import family_of
 
@@ -67,7 +68,10 @@ def weights_hash(path: str | os.PathLike) -> str:
     digest = sha.hexdigest()
     settled = all(time.time_ns() - st.st_mtime_ns > HASH_SETTLE_S * 1e9 for st in stats.values())
     if settled:
-        _write_json_atomic(cache_file, {"files": key, "sha256": digest})
+        try:
+            write_text_atomic(cache_file, json.dumps({"files": key, "sha256": digest}))
+        except OSError:
+            pass  # a read-only model folder: the hash is simply recomputed next time
     return digest
 
 
@@ -78,16 +82,6 @@ def require_weights(path: Path) -> None:
         what = "config.json only, " if (Path(path) / "config.json").is_file() else ""
         raise MissingFileError(f"{path}: no weights ({what}no *.safetensors files): "
                                 f"it can be planned (speechllama plan), not trained or loaded")
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only model folder: the hash is simply recomputed next time
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from ..decode import DecodingOptions, generate
+from .decode import DecodingOptions, generate
 from .speech_llm import assemble, next_token_loss
 from .transformer import TransformerStack, sinusoids
 

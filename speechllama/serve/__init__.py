@@ -22,7 +22,7 @@ def load_for_serving(model_dir: str | os.PathLike, options=None, device: str = "
     default): the tests compare served results with this model decoding offline."""
     import torch
 
-    from ..inference import load
+    from ..inference.api import load
 
     kwargs = {"device": device, "dtype": getattr(torch, dtype)}
     return load(model_dir, **kwargs) if options is None else load(model_dir, options, **kwargs)

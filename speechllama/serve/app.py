@@ -23,9 +23,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio_bytes
-from ..inference import Job, SpeechToText
+from ..inference.api import Job, SpeechToText
+from ..inference.subtitles import MEDIA_TYPES, render
 from ..models.prompt import LANGUAGES
-from ..subtitles import MEDIA_TYPES, render
 from .batcher import Batcher, QueueFull
 from .errors import APIError, ClientGone, install_handlers
 from .form import read_form

@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..inference.subtitles import FORMATS
 from ..models.prompt import LANGUAGES
-from ..subtitles import FORMATS
 from .errors import APIError
 from .form import Form, Upload
 

@@ -2,7 +2,7 @@
 
 ``SpeechToText.run([job])`` cuts a long file into segments at pauses and decodes them all in one
 call, which would hold the one decoding thread for the whole file: every other request would wait
-behind it. Here the server cuts the file itself, the way ``run`` does (``speechllama.segment``'s
+behind it. Here the server cuts the file itself, the way ``run`` does (``speechllama.inference.segment``'s
 ``segment_wave`` with the model's compressor, pause labels and segment bound), and makes each
 segment a ``Job`` of its own: a wave no longer than the segment bound is one segment, so ``run`` on
 it decodes exactly that segment's samples (their features computed from them alone, as ``run``
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..audio import SAMPLE_RATE, AudioError, validate_wave
-from ..inference import Job, Segment, SpeechToText, Transcript, Word, file_words, target_lang
-from ..segment import Span, seconds
+from ..inference.api import Job, Segment, SpeechToText, Transcript, Word, file_words, target_lang
+from ..inference.segment import Span, seconds
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import load_config
+from ..config import load_config
+from ..models.shipped import describe_llm
 from .evaluate import ctc_report_markdown
-from .models.shipped import describe_llm
 
 
 def _pair_table(reports: dict) -> list[str]:
@@ -195,14 +195,14 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, 
     control = [n.replace(" ", "-") for n in reports if n != "speech-llm"]
     p = None
     if control:  # is the difference in BLEU more than chance?
-        from .experiment import paired_p
+        from .statistics import paired_p
 
         p = paired_p(out, "speech-llm", control[0])
         if p is not None:
             lines += ["", f"Speech-LLaMA vs the {control[0]}, X->en BLEU: paired bootstrap p={p:.3f} "
                           "(sacrebleu, 1000 resamples, the ST rows pooled over language pairs)."]
     if "test" in peer:
-        lines += ["", "Whisper-base (faster-whisper, int8, beam 5; `speechllama.evaluate.evaluate_whisper`) "
+        lines += ["", "Whisper-base (faster-whisper, int8, beam 5; `speechllama.evaluation.evaluate.evaluate_whisper`) "
                       "translates the ST rows and transcribes the ASR rows of the same test rows, its digits "
                       f"spelled out on the number rows as the references are; RTFx {peer['test']['rtfx']:.1f}."]
         lines += goals(reports, heldout, peer, p)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 NEG = float("-inf")
 

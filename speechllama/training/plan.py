@@ -6,7 +6,7 @@ The model is built on the meta device: the LLM from its folder's config.json alo
 the audio encoder from the config. Parameter counts and the bytes of weights, gradients and AdamW
 state come from that model; activations and FLOP from one training step of it at full depth,
 traced on fake tensors with torch's MemTracker and FlopCounterMode (:mod:`.step_trace`).
-Sharding is arithmetic on top (DDP, or FSDP2 as :func:`speechllama.train.parallelize` applies
+Sharding is arithmetic on top (DDP, or FSDP2 as :func:`speechllama.training.parallel.parallelize` applies
 it). docs/scale.md shows the output and what it assumes.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ExperimentConfig
-from .errors import MissingFileError, UsageError
+from ..config import ExperimentConfig
+from ..errors import MissingFileError, UsageError
 from .step_trace import BatchShape, Trace, trace_step
 
 # T' / S of CTC compression. Subword labels (llm_tokens, sentencepiece): measured on the demo
@@ -92,8 +92,8 @@ def llm_config(cfg: ExperimentConfig):
     """(folder, transformers config) of ``llm.path``: only its config.json is read."""
     from transformers import AutoConfig
 
-    from .models.llm_family import family_of
-    from .models.shipped import resolve_llm
+    from ..models.llm_family import family_of
+    from ..models.shipped import resolve_llm
 
     if cfg.speech_llm.system != "decoder_only" or cfg.llm.init != "pretrained":
         raise UsageError("speechllama plan covers the Speech-LLaMA system on a pretrained LLM "
@@ -109,9 +109,9 @@ def llm_config(cfg: ExperimentConfig):
 def meta_speech_llm(cfg: ExperimentConfig, config) -> nn.Module:
     """The stage-2 SpeechLLM of ``cfg`` as training builds it (models/build.py), every tensor on
     the meta device; no restricted output vocabulary (the full head: an upper bound)."""
-    from .models.build import build_audio_encoder, build_compressor
-    from .models.llm import llm_from_config
-    from .models.speech_llm import SpeechLLM
+    from ..models.build import build_audio_encoder, build_compressor
+    from ..models.llm import llm_from_config
+    from ..models.speech_llm import SpeechLLM
 
     s, lc = cfg.speech_llm, cfg.llm
     llm = llm_from_config(config, lc.lora_rank, lc.lora_alpha or None, tuple(lc.lora_targets),
@@ -182,7 +182,7 @@ def prompt_lengths(cfg: ExperimentConfig, folder: Path) -> tuple[int, int, str]:
         return before, PROMPT_TOKENS - before, "assumed: no tokenizer in the LLM folder"
     from transformers import AutoTokenizer
 
-    from .models.prompt import Prompter
+    from ..models.prompt import Prompter
 
     prompter = Prompter(AutoTokenizer.from_pretrained(folder, local_files_only=True),
                         cfg.llm.system_prompt)
@@ -195,7 +195,7 @@ def batch_shape(cfg: ExperimentConfig, prompt: tuple[int, int], seconds: float |
                 ratio: float | None = None) -> tuple[BatchShape, list[str]]:
     """The micro-batch of rows ``seconds`` long (default data.max_seconds: the longest the loader
     admits), as many as data.max_frames holds, and notes on where each number comes from."""
-    from .models.build import build_backbone
+    from ..models.build import build_backbone
 
     with torch.device("meta"):  # its frame arithmetic only; no weight is read
         backbone = build_backbone(cfg)

@@ -1,6 +1,6 @@
 """One training loop for every stage and system.
 
-A *task* (``speechllama/tasks/``) owns the data, the model and the loss of one stage; this loop
+A *task* (``speechllama/training/``) owns the data, the model and the loss of one stage; this loop
 owns everything else: the device (``train.device``), parallelism under ``torchrun`` (DDP, or FSDP2
 with ``train.parallel=fsdp``), activation checkpointing, DataLoader workers, optimisation (AdamW,
 warmup + cosine, gradient accumulation), gradient clipping, bf16 autocast, the progress bar, the
@@ -11,7 +11,6 @@ model, :func:`speechllama.device.move` each batch.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -25,11 +24,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import checkpoint as ckpt
-from .config import ExperimentConfig, TrainConfig, save_config
-from .device import move, resolve_device
-from .errors import UsageError
-from .progress import progress
+from .. import checkpoint as ckpt
+from ..config import ExperimentConfig, TrainConfig, save_config
+from ..device import distributed_env, move, resolve_device
+from ..errors import UsageError
+from ..progress import progress
+from .parallel import full_tensor, no_grad_sync, parallelize
 
 
 class Task(Protocol):
@@ -41,30 +41,6 @@ class Task(Protocol):
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]: ...  # model.safetensors
     def save(self, folder: Path, tensors: dict[str, torch.Tensor]) -> None: ...  # + extras
     def load(self, folder: Path, model: nn.Module) -> None: ...  # weights back from save()
-
-
-def distributed_env() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment, initialising the process group once
-    (nccl when this rank's device is a GPU, else gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world
-
-
-def rank0_first(fn, *args, **kwargs):
-    """Run ``fn`` on rank 0, then on the other ranks (which then find its results on disk: a
-    feature cache, a converted LLM). Without torch.distributed, just run it."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return fn(*args, **kwargs)
-    if dist.get_rank() == 0:
-        result = fn(*args, **kwargs)
-        dist.barrier()
-        return result
-    dist.barrier()
-    return fn(*args, **kwargs)
 
 
 def lr_lambda(warmup: int, total: int):
@@ -82,83 +58,6 @@ def lr_lambda(warmup: int, total: int):
 # ---------------------------------------------------------------------------------------------
 # Placement and parallelism
 # ---------------------------------------------------------------------------------------------
-
-
-def llm_layers(model: nn.Module) -> list[nn.Module]:
-    """The decoder layers of a model's LLM (``model.llm``), or [] for a model without one."""
-    llm = getattr(model, "llm", None)
-    if llm is None or not hasattr(llm, "get_decoder"):
-        return []
-    return list(getattr(llm.get_decoder(), "layers", []))
-
-
-def parallelize(model: nn.Module, tc: TrainConfig, device: torch.device, world: int) -> nn.Module:
-    """Place ``model`` on ``device``, turn on activation checkpointing and wrap it for ``world``
-    processes; returns the module to call (the same module under FSDP2, a DDP wrapper under DDP).
-
-    FSDP2 (``fully_shard``) shards each LLM decoder layer and then the whole model. With
-    ``train.bf16`` its mixed-precision policy computes in bf16 and reduces gradients in fp32: the
-    frozen base is stored (and sharded) in bf16 by the builder, trainable weights and the AdamW
-    state stay fp32 in their shards."""
-    model.to(device)
-    if tc.activation_checkpointing:
-        llm = getattr(model, "llm", None)
-        if llm is None or not hasattr(llm, "activation_checkpointing_enable"):
-            raise UsageError("train.activation_checkpointing: this model has no LLM layers to "
-                             "checkpoint (stage 1 trains a small compressor: leave it off)")
-        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        llm.config.use_cache = False
-    if tc.parallel == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        _init_single_process_group()  # torchrun's group, or one of this process alone
-        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if tc.bf16 else None,
-                                      reduce_dtype=torch.float32)
-        for layer in llm_layers(model):
-            fully_shard(layer, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)
-        return model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return model
-
-
-def _init_single_process_group() -> None:
-    """FSDP2 needs a process group even in one process (``train.parallel=fsdp`` without
-    torchrun): a gloo/nccl group of one on a free local port."""
-    if dist.is_initialized():
-        return
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
-
-
-def _no_grad_sync(wrapped: nn.Module, tc: TrainConfig, sync: bool):
-    """Gradient reduction off on the inner micro-batches of an accumulated step."""
-    if tc.parallel == "fsdp":
-        wrapped.set_requires_gradient_sync(sync)
-        return contextlib.nullcontext()
-    if isinstance(wrapped, nn.parallel.DistributedDataParallel) and not sync:
-        return wrapped.no_sync()
-    return contextlib.nullcontext()
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """A whole tensor on the CPU from an FSDP2 shard (collective: every rank calls it in the same
-    order) or a plain tensor."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(tensor, DTensor):
-        tensor = tensor.full_tensor()
-    return tensor.detach().cpu()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +139,7 @@ def _optimizer_state(model: nn.Module, opt) -> dict:
 def _save(task: Task, cfg: ExperimentConfig, run_dir: Path, step: int, model: nn.Module,
           opt, sched, final: bool, rank: int, world: int) -> Path | None:
     """Every rank gathers (collectives under FSDP2); rank 0 writes the checkpoint folder."""
-    tensors = {k: _full(v) for k, v in task.state_dict(model).items()}
+    tensors = {k: full_tensor(v) for k, v in task.state_dict(model).items()}
     optim = _optimizer_state(model, opt)
     if rank != 0:
         return None
@@ -339,7 +238,7 @@ def fit(task: Task, cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: b
     saved = last
     while step < tc.max_steps:
         loss = _accumulated_step(task, wrapped, tc, batches, device, seen)
-        grad_norm = _full(nn.utils.clip_grad_norm_(trainable, tc.grad_clip))  # every rank
+        grad_norm = full_tensor(nn.utils.clip_grad_norm_(trainable, tc.grad_clip))  # every rank
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -377,7 +276,7 @@ def _accumulated_step(task: Task, wrapped: nn.Module, tc: TrainConfig, batches, 
     for micro in range(tc.grad_accum):
         position, batch = next(batches)
         batch = move(batch, device)
-        with _no_grad_sync(wrapped, tc, sync=micro == tc.grad_accum - 1):
+        with no_grad_sync(wrapped, tc, sync=micro == tc.grad_accum - 1):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 loss, stats = task.loss(wrapped, batch)
             (loss / tc.grad_accum).backward()

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_tensors, resolve_checkpoint, save_tensors
-from .config import ExperimentConfig, load_config, save_config
-from .errors import UsageError
-from .text import LLM_TOKENS_FILE, SENTENCEPIECE_FILE
+from ..checkpoint import load_tensors, resolve_checkpoint, save_tensors
+from ..config import ExperimentConfig, load_config, save_config
+from ..errors import UsageError
+from ..text import LLM_TOKENS_FILE, SENTENCEPIECE_FILE
 
 CTC_LABEL_FILES = (SENTENCEPIECE_FILE, LLM_TOKENS_FILE)  # a checkpoint holds one of the two
 ADAPTER_DIR = "adapter"  # OUT/adapter: the peft adapter folder
@@ -72,7 +72,7 @@ def export(model: str | os.PathLike, out: str | os.PathLike, merge_lora: bool = 
     model folder; returns ``out``. ``merge_lora``: the LoRA merged into OUT/llm's weights;
     ``peft_adapter``: also OUT/adapter, the LoRA as a peft adapter on the unmerged OUT/llm (the two
     exclude each other: the adapter needs the unmerged base)."""
-    from .models.build import load_speech_llm, resolve_llm_path
+    from ..models.build import load_speech_llm, resolve_llm_path
 
     out = Path(out)
     if merge_lora and peft_adapter:
@@ -129,7 +129,7 @@ def save_llm(llm: torch.nn.Module, source: Path, folder: Path) -> str:
     in the dtype ``source`` stores; returns the weights hash of the saved folder."""
     from transformers import AutoTokenizer
 
-    from .models.llm import weights_hash
+    from ..models.llm import weights_hash
 
     llm.to(stored_dtype(source)).save_pretrained(folder)
     # the tokenizer as the base folder has it (load_llm sets a pad token on its own copy)
@@ -174,7 +174,7 @@ def _export_label_llm(cfg: ExperimentConfig, folder: Path, llm_source: Path, tmp
         return ""
     from transformers import AutoTokenizer
 
-    from .models.build import label_llm_path
+    from ..models.build import label_llm_path
 
     label = label_llm_path(cfg, folder)
     if label.resolve() == llm_source.resolve():

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .text import BLANK, UNK
+from ..text import BLANK, UNK
 
 
 def forced_align(log_probs: torch.Tensor, labels: Sequence[int], blank: int = BLANK,

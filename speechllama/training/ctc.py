@@ -8,53 +8,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..audio import CMVN, spec_augment
-from ..augment import Augmenter
+from ..audio import CMVN
+from ..audio.augment import Augmenter
 from ..checkpoint import load_tensors, save_tensors
 from ..config import ExperimentConfig
-from ..data import read_manifest
-from ..data.batching import LengthBucketSampler, pad_feats, pad_tokens
-from ..data.features import (BackboneFeatures, FeatureStore, load_features, sample_hours,
-                             training_features)
-from ..models.build import (build_compressor, compressor_state, feature_extractor, label_llm_path,
-                            split_state)
+from ..data.batching import LengthBucketSampler, pad_tokens
+from ..data.features import BackboneFeatures, FeatureStore, manifest_recordings, training_audio, training_batch
+from ..device import rank0_first
+from ..models.build import build_compressor, compressor_state, feature_extractor, label_llm_path, split_state
 from ..models.ctc_compressor import ctc_loss
 from ..text import CTCTokenizer, LLMTokenCTCTokenizer, load_ctc_tokenizer
-from ..train import rank0_first
-
-
-def feature_cache_path(manifest: str | Path, key: str = "fbank") -> Path:
-    """Where a manifest's features of kind ``key`` (the extractor's) are cached."""
-    manifest = Path(manifest)
-    name = f"{manifest.stem}.safetensors" if key == "fbank" else f"{manifest.stem}.{key}.safetensors"
-    return manifest.parent / ".fbank" / name
-
-
-def training_audio(cfg: ExperimentConfig) -> set[str]:
-    """The audio files of the training manifest that training uses: all, or the seeded sample of
-    ``data.max_hours`` (the same for both stages)."""
-    paths = [u.audio for u in read_manifest(cfg.data.train)]
-    return set(sample_hours(paths, cfg.data.max_hours, cfg.train.seed))
-
-
-def manifest_recordings(manifest: str | Path, extractor, progress: bool = True,
-                        keep: set[str] | None = None):
-    """Distinct recordings of a manifest with a source transcript: [(audio, src_text, src_lang)]
-    (only those in ``keep`` when given), plus their features by ``extractor`` (cached beside the
-    manifest; computed by rank 0 first under torchrun). Rows sharing an audio file (ST + ASR of
-    one recording) count once."""
-    seen: dict[str, tuple[str, str, str]] = {}
-    for u in read_manifest(manifest):
-        if u.src_text and u.audio not in seen and (keep is None or u.audio in keep):
-            seen[u.audio] = (u.audio, u.src_text, u.src_lang)
-    recs = sorted(seen.values())
-    store = rank0_first(load_features, [r[0] for r in recs],
-                        feature_cache_path(manifest, extractor.key), progress=progress,
-                        extractor=extractor)
-    if store.errors:
-        print(f"{manifest}: skipped {len(store.errors)} unreadable audio file(s), e.g. "
-              f"{store.errors[0]}", file=sys.stderr)
-    return [r for r in recs if r[0] in store], store
 
 
 def recordings(cfg: ExperimentConfig, progress: bool = True, extractor=None):
@@ -62,13 +25,6 @@ def recordings(cfg: ExperimentConfig, progress: bool = True, extractor=None):
     the features of ``compressor.backbone``."""
     extractor = extractor or rank0_first(feature_extractor, cfg)
     return manifest_recordings(cfg.data.train, extractor, progress, training_audio(cfg))
-
-
-def training_features_store(cfg: ExperimentConfig, paths: list[str], extractor,
-                            progress: bool = True) -> FeatureStore:
-    """The features of training recordings ``paths`` (cached beside the training manifest)."""
-    return rank0_first(load_features, paths, feature_cache_path(cfg.data.train, extractor.key),
-                       progress=progress, extractor=extractor)
 
 
 def plan_augmentation(cfg: ExperimentConfig, store: FeatureStore, paths: list[str],
@@ -146,15 +102,10 @@ class CTCTask:
     def collate(self, indices: list[int], generator: torch.Generator) -> dict:
         """The batch of ``indices`` on the CPU (in a DataLoader worker): features (augmented and
         SpecAugmented with draws from ``generator``), CMVN, padding, CTC targets."""
-        feats = training_features(self.store, [self.items[i][0] for i in indices], generator,
-                                  self.augmenter, self.speeds and [self.speeds[i] for i in indices],
-                                  BackboneFeatures(self.model.backbone))
-        feats, lengths = pad_feats([self.cmvn(x) for x in feats])
-        f = self.cfg.features
-        if f.spec_augment:
-            feats = spec_augment(feats, lengths, freq_masks=f.freq_masks, freq_width=f.freq_width,
-                                 time_masks=f.time_masks, time_width_ratio=f.time_width_ratio,
-                                 generator=generator)
+        feats, lengths = training_batch(self.store, [self.items[i][0] for i in indices], generator, self.cmvn,
+                                        self.cfg.features, self.augmenter,
+                                        self.speeds and [self.speeds[i] for i in indices],
+                                        BackboneFeatures(self.model.backbone))
         targets, target_lengths = pad_tokens([self.items[i][1] for i in indices])
         batch = {"feats": feats, "feat_lengths": lengths, "targets": targets,
                  "target_lengths": target_lengths}

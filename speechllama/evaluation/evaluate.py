@@ -13,26 +13,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import jiwer
 import torch
 
-from .data.batching import LengthBucketSampler, pad_feats
-from .errors import UsageError
-from .models.build import CompressorBundle, load_compressor
-from .models.ctc_compressor import ctc_compress
-from .progress import progress
-from .text import normalize
-
-
-def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    """Corpus WER and CER in percent after normalisation; an empty hypothesis counts as deletions."""
-    refs_n = [normalize(r) for r in refs]
-    hyps_n = [normalize(h) for h in hyps]
-    keep = [i for i, r in enumerate(refs_n) if r]
-    refs_n, hyps_n = [refs_n[i] for i in keep], [hyps_n[i] for i in keep]
-    if not refs_n:
-        return {"wer": float("nan"), "cer": float("nan")}
-    return {"wer": 100 * jiwer.wer(refs_n, hyps_n), "cer": 100 * jiwer.cer(refs_n, hyps_n)}
+from ..data.batching import LengthBucketSampler, pad_feats
+from ..errors import UsageError
+from ..models.build import CompressorBundle, load_compressor
+from ..models.ctc_compressor import ctc_compress
+from ..progress import progress
+from .metrics import error_rates, first_per_group, number_kind, score_rows
 
 
 @torch.inference_mode()
@@ -64,10 +52,8 @@ def evaluate_ctc(checkpoint: str | Path, manifest: str | Path, progress: bool = 
     number of vectors ``ctc_compress`` keeps; the report gives the mean over utterances.
     ``per_group``: only the recordings of the first rows of each group (:func:`first_per_group`).
     """
-    from .data.features import BackboneFeatures
-    from .tasks.ctc import manifest_recordings
-
-    from .data import read_manifest
+    from ..data import read_manifest
+    from ..data.features import BackboneFeatures, manifest_recordings
 
     bundle = load_compressor(checkpoint)
     keep = {u.audio for u in first_per_group(read_manifest(manifest), per_group)} if per_group else None
@@ -113,60 +99,6 @@ def write_report(report: dict, out: str | Path, markdown: str) -> None:
     print(f"wrote {out.with_suffix('.md')} and .json", file=sys.stderr)
 
 
-def subset_of(utt_id: str) -> str:
-    """Demo-corpus convention: number-expression rows have '-num-' in their id."""
-    return "numbers" if "-num-" in utt_id else "sentences"
-
-
-def number_kind(utt_id: str) -> str | None:
-    """The num2words kind (cardinal, year, ordinal) of a number row ``<lang>-num-<kind>-<n>-<task>``;
-    None for a sentence row."""
-    return utt_id.split("-num-")[1].split("-")[0] if subset_of(utt_id) == "numbers" else None
-
-
-def translation_scores(refs: list[str], hyps: list[str]) -> dict:
-    """Corpus BLEU and chrF (sacrebleu, default 13a tokenisation) with their signatures."""
-    import sacrebleu
-
-    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
-    return {"bleu": bleu.corpus_score(hyps, [refs]).score, "chrf": chrf.corpus_score(hyps, [refs]).score,
-            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
-
-
-def score_rows(rows: list[dict]) -> dict:
-    """rows: {id, task, src_lang, tgt_lang, ref, hyp}. Scores per language pair, subset and macro."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(r["task"], f"{r['src_lang']}-{r['tgt_lang']}", subset_of(r["id"]))].append(r)
-        groups[(r["task"], f"{r['src_lang']}-{r['tgt_lang']}", "all")].append(r)
-    table = []
-    for (task, pair, subset), rs in sorted(groups.items()):
-        refs, hyps = [r["ref"] for r in rs], [r["hyp"] for r in rs]
-        scores = translation_scores(refs, hyps) if task == "st" else error_rates(refs, hyps)
-        table.append({"task": task, "pair": pair, "subset": subset, "n": len(rs), **scores})
-    macro = {}
-    for task, key in (("st", "bleu"), ("st", "chrf"), ("asr", "wer"), ("asr", "cer")):
-        for subset in ("all", "numbers", "sentences"):
-            vals = [t[key] for t in table if t["task"] == task and t["subset"] == subset]
-            if vals:
-                macro[f"{task}_{key}_{subset}"] = sum(vals) / len(vals)
-    return {"table": table, "macro": macro}
-
-
-def first_per_group(utts: list, per_group: int | None) -> list:
-    """The first ``per_group`` rows of each (task, language pair, numbers/sentences) group."""
-    if not per_group:
-        return utts
-    seen: dict[tuple, int] = defaultdict(int)
-    kept = []
-    for u in utts:
-        key = (u.task, u.src_lang, u.tgt_lang, subset_of(u.id))
-        if seen[key] < per_group:
-            seen[key] += 1
-            kept.append(u)
-    return kept
-
-
 def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
                    out: str | Path | None = None, per_group: int | None = None,
                    ceiling: bool = True, llm_alone: bool = True, device: str = "auto") -> dict:
@@ -178,10 +110,9 @@ def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
 
     Writes ``OUT.hyp.jsonl``, ``OUT.json`` and ``OUT.md`` when ``out`` is given.
     """
-    from .data import read_manifest
-    from .data.features import BackboneFeatures, load_features
-    from .inference import Request, SpeechToText, load
-    from .tasks.ctc import feature_cache_path
+    from ..data import read_manifest
+    from ..data.features import BackboneFeatures, feature_cache_path, load_features
+    from ..inference.api import Request, SpeechToText, load
 
     model: SpeechToText = load(checkpoint, device=device) if options is None \
         else load(checkpoint, options, device=device)
@@ -239,8 +170,8 @@ def evaluate_whisper(manifest: str | Path, out: str | Path | None = None, per_gr
     :func:`evaluate_model` scores (the first ``per_group`` of each group): it translates the ST rows
     and transcribes the ASR rows. Its digits are spelled out on the number rows, as the references
     are. Same report format (``table``, ``macro``, ``rtfx``, ``parameters``; OUT.hyp.jsonl)."""
-    from .audio import load_audio
-    from .data import read_manifest
+    from ..audio import load_audio
+    from ..data import read_manifest
     from .whisper_peer import WHISPER_BASE_PARAMS, WhisperPeer, spell_numbers
 
     utts = first_per_group(read_manifest(manifest), per_group)
@@ -265,7 +196,7 @@ def compressor_asr_rows(bundle, utts: list, store) -> list[dict]:
     """Rows like ``evaluate_model``'s with the greedy CTC transcript of the loaded model's own
     compressor as the hypothesis of each ASR row; [] when it has none whose labels can be read
     (the encoder-decoder, or LLM-token labels of another LLM than the model's)."""
-    from .models.speech_llm import SpeechLLM
+    from ..models.speech_llm import SpeechLLM
 
     if not isinstance(bundle.model, SpeechLLM) or bundle.ctc_tokenizer is None:
         return []
@@ -332,7 +263,7 @@ def model_report_markdown(report: dict) -> str:
 def model_ceiling(bundle, utts: list) -> dict | None:
     """:func:`text_mt_ceiling` of a loaded model's LLM; None for systems without a pretrained
     LLM (trained from scratch, the encoder-decoder)."""
-    from .models.speech_llm import SpeechLLM
+    from ..models.speech_llm import SpeechLLM
 
     if not isinstance(bundle.model, SpeechLLM) or bundle.config.llm.init != "pretrained":
         return None
@@ -343,7 +274,7 @@ def model_cascade(bundle, utts: list, store) -> dict | None:
     """The cascade on the same ST rows: the model's CTC compressor's greedy transcript, translated
     by its frozen LLM (:func:`text_mt_ceiling` with those transcripts); None where the model has
     no pretrained LLM or no compressor labels that spell text."""
-    from .models.speech_llm import SpeechLLM
+    from ..models.speech_llm import SpeechLLM
 
     if not isinstance(bundle.model, SpeechLLM) or bundle.config.llm.init != "pretrained" \
             or bundle.ctc_tokenizer is None:
@@ -370,11 +301,11 @@ def text_mt_ceiling(llm, tok, system_prompt: str, utts: list, batch_size: int = 
 
     from torch.nn.utils.rnn import pad_sequence
 
-    from .decode import DecodingOptions, generate
-    from .models.llm_family import llm_inputs
-    from .models.prompt import Prompter, stop_ids
-    from .models.speech_llm import assemble
-    from .text import word_start_prefix
+    from ..models.decode import DecodingOptions, generate
+    from ..models.llm_family import llm_inputs
+    from ..models.prompt import Prompter, stop_ids
+    from ..models.speech_llm import assemble
+    from ..text import word_start_prefix
 
     st = [u for u in utts if u.task == "st" and u.src_text]
     if not st:
