@@ -175,7 +175,7 @@ def test_a_long_file_with_silent_segments(served, tmp_path, monkeypatch):
         return spans if len(spans) == 1 else [Span(s.start, s.end, s.silent or k % 3 == 1)
                                               for k, s in enumerate(spans)]
 
-    monkeypatch.setattr(speechllama.inference, "segment_wave", with_silence)  # the server's cuts too
+    monkeypatch.setattr(speechllama.inference.api, "segment_wave", with_silence)  # the server's cuts too
     _, client, offline, _ = served
     wave, _ = long_wave(30.0, seed=2)
     sf.write(tmp_path / "long.wav", wave, SR)
