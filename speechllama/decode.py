@@ -1,4 +1,3 @@
 """Old import path: the decoding loop now lives in ``speechllama.models.decode``."""
 
 from .models.decode import *  # noqa: F401,F403
-from .models.decode import DecodingOptions, generate  # noqa: F401

@@ -1,4 +1,3 @@
 """Old import path: subtitles now live in ``speechllama.inference.subtitles``."""
 
 from .inference.subtitles import *  # noqa: F401,F403
-from .inference.subtitles import FORMATS, render  # noqa: F401
