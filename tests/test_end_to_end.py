@@ -47,6 +47,8 @@ def test_demo_command_runs_end_to_end(tmp_path):
     assert "Whisper-base (same rows)" in report and report.count("| Whisper-base, same rows |") == 3
     assert "## Goals of the longer recipe" in report
     assert "ST BLEU above Whisper-base's, unseen voice source" in report
+    why = report.split("## Why, measured in this run")[1].split("\n## ")[0]  # from this run's numbers
+    assert "(the text-MT ceiling)" in why and "unseen voice source CER" in why and "Whisper-base" in why
     whisper = [json.loads(line) for line in (out / "whisper-base-test.hyp.jsonl").read_text().splitlines()]
     ours = [json.loads(line) for line in (out / "speech-llm-test.hyp.jsonl").read_text().splitlines()]
     assert [r["id"] for r in whisper] == [r["id"] for r in ours] and any(r["hyp"] for r in whisper)

@@ -131,6 +131,40 @@ def goals(reports: dict, heldout: dict, peer: dict, p: float | None) -> list[str
     return lines
 
 
+def shortfall(ctc: dict, reports: dict, heldout: dict, peer: dict) -> list[str]:
+    """Why the goals fall short, from this run's own numbers: what the ear's transcripts are worth
+    to the frozen LLM (cascade against text-MT ceiling), the ear's errors on each set next to
+    Whisper-base's, and how much of the model's gain over its control carries to unseen voices."""
+    main = reports["speech-llm"]
+    ceiling = main.get("text_mt_ceiling", {}).get("macro", {}).get("st_bleu_all")
+    cascade = main.get("cascade", {}).get("macro", {}).get("st_bleu_all")
+    control = reports.get("zero-audio control", {}).get("macro", {}).get("st_bleu_all")
+    lines = ["", "## Why, measured in this run", ""]
+    if ceiling is not None and cascade is not None:
+        lines.append(f"- **What the ear's transcripts are worth to the LLM.** The frozen LLM translates the "
+                     f"reference transcripts of the test rows at {ceiling:.1f} BLEU (the text-MT ceiling) and "
+                     f"the ear's greedy transcripts of the same recordings at {cascade:.1f} (the cascade): "
+                     f"the ear, not the LLM, is what caps BLEU.")
+    sets = [n for n in ["test", *HELDOUT_TITLES] if n in ctc]
+    ear = "; ".join(f"{'test split' if n == 'test' else HELDOUT_TITLES[n].split(':')[0]} "
+                    f"CER {ctc[n]['macro_cer']:.1f}% / WER {ctc[n]['macro_wer']:.1f}%"
+                    + (f" (Whisper-base transcribing: CER {peer[n]['macro']['asr_cer_all']:.1f}% / "
+                       f"WER {peer[n]['macro']['asr_wer_all']:.1f}%)" if n in peer else "") for n in sets)
+    worst = min(ctc[n]["macro_wer"] for n in sets)
+    lines.append(f"- **The ear's greedy CTC transcripts** (stage 1 alone; Whisper-base on the report's "
+                 f"ASR rows of the set): {ear}."
+                 + (" With a word error rate of at least 80% on every set, most words carry an error: "
+                    "the LLM reads garbled words." if worst >= 80 else ""))
+    gains = [f"test split {main['macro'].get('st_bleu_all', 0.0):.1f}"
+             + (f" against its control's {control:.1f}" if control is not None else "")]
+    gains += [f"{HELDOUT_TITLES[n].split(':')[0]} {heldout[n]['macro'].get('st_bleu_all', 0.0):.1f}"
+              for n in HELDOUT_TITLES if n in heldout]
+    lines.append(f"- **What stage 2 learned carries little to new voices**: ST BLEU {', '.join(gains)}.")
+    lines.append("- What would close it, and what was measured about each option: the README's "
+                 "Results and docs/design.md (\"A pretrained ear\", \"The quality preset\").")
+    return lines
+
+
 def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, examples: list[dict],
                 timings: dict, per_group: int, heldout_per_group: int,
                 reused: list[str] = (), peer: dict | None = None, preset: str = "") -> str:
@@ -206,6 +240,7 @@ def demo_report(out: Path, data: Path, ctc: dict, reports: dict, heldout: dict, 
                       "translates the ST rows and transcribes the ASR rows of the same test rows, its digits "
                       f"spelled out on the number rows as the references are; RTFx {peer['test']['rtfx']:.1f}."]
         lines += goals(reports, heldout, peer, p)
+        lines += shortfall(ctc, reports, heldout, peer)
     sig = next((r["bleu_signature"] for r in main["table"] if "bleu_signature" in r), "")
     lines += ["", f"sacrebleu: `{sig}`. WER/CER after `speechllama.text.normalize`.",
               f"Decoding RTFx (greedy, batched): {main['rtfx']:.1f}.",
