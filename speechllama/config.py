@@ -63,6 +63,9 @@ class CompressorConfig:
     backbone: str = "scratch"
     backbone_layers: int = 0  # whisper-base: use its first N layers (0 = all 6); the rest dropped
     backbone_trainable_layers: int = 0  # whisper-base: its top used layers trained with the CTC layers
+    # whisper-base: the trained Whisper layers' learning rate, a fraction of train.lr (pretrained
+    # weights move less than the fresh head; docs/design.md "A pretrained ear")
+    backbone_lr_scale: float = 0.1
     backbone_stack: int = 2  # whisper-base: frames stacked before the CTC layers (2: 25/s, 1: 50/s)
     conv_channels: int = 32  # scratch backbone; sized for the 2-core demo; configs/paper.yaml has a larger model
     d_model: int = 192

@@ -18,12 +18,12 @@ from speechllama.models.ctc_compressor import CTCCompressor
 from speechllama.models.whisper import whisper_base_config
 
 
-def tiny_whisper_compressor(trainable_layers=0, stack=1, layers=0, n=2) -> CTCCompressor:
+def tiny_whisper_compressor(trainable_layers=0, stack=1, layers=0, n=2, lr_scale=1.0) -> CTCCompressor:
     torch.manual_seed(0)
     config = whisper_base_config(d_model=16, encoder_layers=n, encoder_attention_heads=2,
                                  encoder_ffn_dim=32)
     backbone = WhisperBackbone(WhisperEncoder(config).eval(), trainable_layers, stack, d_model=8,
-                               layers=layers)
+                               layers=layers, lr_scale=lr_scale)
     return CTCCompressor(backbone, 8, 2, 1, 16, 0.0, vocab_size=5)
 
 
@@ -73,6 +73,34 @@ def test_only_the_top_layers_train_and_the_cache_key_names_the_frozen_depth(trai
     stacked = m.backbone.proj(full) * 8 ** 0.5
     expected = m.encoder(stacked, n)
     torch.testing.assert_close(h, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_trained_whisper_layers_get_their_own_learning_rate_and_one_step_moves_them_less():
+    from speechllama.training.loop import param_groups
+
+    m = tiny_whisper_compressor(trainable_layers=1, lr_scale=0.1)
+    groups = param_groups(m, 3e-3)
+    encoder = m.backbone.encoder
+    top = {id(p) for p in [*encoder.layers[1].parameters(), *encoder.layer_norm.parameters()]}
+    assert [g["lr"] for g in groups] == pytest.approx([3e-3, 3e-4])
+    assert {id(p) for p in groups[1]["params"]} == top  # exactly Whisper's trained part
+    head = {id(p) for p in groups[0]["params"]}
+    assert head == {id(p) for p in m.parameters() if p.requires_grad} - top
+    assert id(m.backbone.proj.weight) in head and not any(id(p) in head for p in encoder.layers[0].parameters())
+    # one plain SGD step with those rates: a Whisper weight moves lr_scale times what it would
+    before = encoder.layers[1].fc1.weight.detach().clone()
+    opt = torch.optim.SGD(groups, lr=3e-3)
+    f = m.features([np.random.default_rng(4).standard_normal(8000).astype(np.float32) * 0.1])[0][None]
+    _, logits, _ = m.train()(f, torch.tensor([f.shape[1]]))
+    logits.square().mean().backward()
+    grad = encoder.layers[1].fc1.weight.grad.clone()
+    opt.step()
+    torch.testing.assert_close(encoder.layers[1].fc1.weight - before, -3e-4 * grad)
+    assert grad.abs().sum() > 0
+    # frozen encoder: one group, the plain rate; a bad scale is refused by its key
+    assert [g["lr"] for g in param_groups(tiny_whisper_compressor(), 1e-3)] == [1e-3]
+    with pytest.raises(ValueError, match="backbone_lr_scale"):
+        tiny_whisper_compressor(lr_scale=0.0)
 
 
 def test_a_truncated_encoder_reads_its_first_layers_without_the_final_norm():

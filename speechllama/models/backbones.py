@@ -99,7 +99,7 @@ class WhisperBackbone(nn.Module):
     dtype: torch.dtype | None = None
 
     def __init__(self, encoder: nn.Module, trainable_layers: int, stack: int, d_model: int,
-                 layers: int = 0):
+                 layers: int = 0, lr_scale: float = 1.0):
         super().__init__()
         n = len(encoder.layers)
         layers = layers or n  # the first ``layers`` layers are used; the rest are dropped
@@ -110,6 +110,8 @@ class WhisperBackbone(nn.Module):
                              f"the backbone uses {layers} layers")
         if stack < 1:
             raise UsageError(f"compressor.backbone_stack={stack}: must be >= 1")
+        if not lr_scale > 0:
+            raise UsageError(f"compressor.backbone_lr_scale={lr_scale}: must be > 0")
         encoder.layers = encoder.layers[:layers]
         self.final_norm = layers == n  # Whisper's last LayerNorm follows its last layer only
         self.encoder, self.frozen, self.stack = encoder, layers - trainable_layers, stack
@@ -123,6 +125,7 @@ class WhisperBackbone(nn.Module):
         for layer in encoder.layers[self.frozen:]:
             layer.requires_grad_(True)
         encoder.layer_norm.requires_grad_(trainable_layers > 0 and self.final_norm)
+        encoder.lr_scale = lr_scale  # the training loop's optimizer reads it (training/loop.py)
 
     def train(self, mode: bool = True):
         super().train(mode)

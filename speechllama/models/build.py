@@ -33,7 +33,7 @@ def build_backbone(cfg: ExperimentConfig, pretrained: bool = False) -> torch.nn.
 
         encoder = WhisperEncoder(whisper_base_config())
     return WhisperBackbone(encoder, c.backbone_trainable_layers, c.backbone_stack, c.d_model,
-                           c.backbone_layers)
+                           c.backbone_layers, lr_scale=c.backbone_lr_scale)
 
 
 def feature_extractor(cfg: ExperimentConfig):

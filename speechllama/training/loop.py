@@ -43,6 +43,22 @@ class Task(Protocol):
     def load(self, folder: Path, model: nn.Module) -> None: ...  # weights back from save()
 
 
+def param_groups(model: nn.Module, lr: float) -> list[dict]:
+    """The trainable parameters in one optimizer group per learning rate: a module with an
+    ``lr_scale`` attribute (a pretrained backbone's trained layers) gives every parameter under it
+    ``lr * lr_scale`` (the innermost such module wins); the rest get ``lr``. By name, before or
+    after FSDP2 sharding alike (fully_shard keeps the names)."""
+    scales = {name: float(m.lr_scale) for name, m in model.named_modules() if hasattr(m, "lr_scale")}
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        owners = [k for k in scales if k == "" or name.startswith(k + ".")]
+        scale = scales[max(owners, key=len)] if owners else 1.0
+        groups.setdefault(scale, []).append(p)
+    return [{"params": ps, "lr": lr * scale} for scale, ps in sorted(groups.items(), reverse=True)]
+
+
 def lr_lambda(warmup: int, total: int):
     """Linear warmup to the peak, then cosine decay to 10% of it at ``total``."""
 
@@ -225,7 +241,7 @@ def fit(task: Task, cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: b
         print(f"no checkpoint in {run_dir}: starting a new run", file=sys.stderr)
     wrapped = parallelize(model, tc, device, world)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, tc.lr), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps))
     step = _restore_trainer(task, last, model, opt, sched, world) if last is not None else 0
     if rank == 0:
