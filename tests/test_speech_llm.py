@@ -267,7 +267,7 @@ def test_labels_of_another_llm_map_into_the_stage2_llm_by_text(trained, tmp_path
         load(tmp_path / "model", DecodingOptions(ctc_weight=0.5))
 
 
-def test_text_mt_ceiling_is_the_frozen_llm_on_reference_transcripts(trained, capsys):
+def test_text_mt_ceiling_is_the_frozen_llm_on_reference_transcripts(trained, capsys, tmp_path):
     """evaluate reports the text-MT ceiling of the ST rows: the model's own LLM with its LoRA off
     gives exactly what the base LLM alone gives from the reference transcripts; --no-ceiling
     skips it."""
@@ -286,9 +286,11 @@ def test_text_mt_ceiling_is_the_frozen_llm_on_reference_transcripts(trained, cap
     assert text_mt_ceiling(base, tok, "", rows) == ceiling  # the trained LoRA played no part
     trained_lora = load(run, dtype=torch.float32).bundle.model.llm
     assert any(p.abs().sum() > 0 for n, p in trained_lora.named_parameters() if "lora_B" in n)
+    out = tmp_path / "qwen2.5-dev"  # a dot in --out is part of the name, not a suffix
     assert main(["evaluate", "--model", str(run), "--data", str(corpus / "dev.jsonl"),
-                 "--no-ceiling"]) == 0
+                 "--no-ceiling", "--out", str(out)]) == 0
     assert "text-MT ceiling" not in capsys.readouterr().out.split("Macro averages")[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"qwen2.5-dev{e}" for e in (".hyp.jsonl", ".json", ".md")]
 
 
 def test_llm_token_spans_start_as_the_transcripts_embeddings_and_reload(trained, tmp_path, capsys):

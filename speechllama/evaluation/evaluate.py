@@ -91,12 +91,20 @@ def ctc_report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def out_file(out: str | Path, ext: str) -> Path:
+    """OUT + ext: ``--out runs/qwen2.5-dev`` writes ``qwen2.5-dev.md``, not ``qwen2.md`` (``with_suffix``
+    would take ``.5-dev`` for a suffix); an OUT already ending in .md or .json names the same files."""
+    out = Path(out)
+    stem = out.name[: -len(out.suffix)] if out.suffix in (".md", ".json") else out.name
+    return out.with_name(stem + ext)
+
+
 def write_report(report: dict, out: str | Path, markdown: str) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    out.with_suffix(".md").write_text(markdown + "\n")
-    print(f"wrote {out.with_suffix('.md')} and .json", file=sys.stderr)
+    out_file(out, ".json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    out_file(out, ".md").write_text(markdown + "\n")
+    print(f"wrote {out_file(out, '.md')} and .json", file=sys.stderr)
 
 
 def evaluate_model(checkpoint: str | Path, manifest: str | Path, options=None,
@@ -158,7 +166,7 @@ def write_scored(report: dict, rows: list[dict], out: str | Path) -> None:
     """OUT.hyp.jsonl (one scored row a line), OUT.json and OUT.md."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".hyp.jsonl"), "w") as f:
+    with open(out_file(out, ".hyp.jsonl"), "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     write_report(report, out, model_report_markdown(report))

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..checkpoint import latest_checkpoint
 from ..config import load_config
 from ..errors import UsageError
+from ..evaluation.evaluate import out_file
 from ..evaluation.statistics import ALPHA, LEARNED, paired_p, verdict
 from ..inference.export import export_model
 from .budgets import STAGE1, STAGE2, WHISPER, WHISPER_STAGE1, WHISPER_STAGE2
@@ -117,7 +118,7 @@ def run_paper(data: Path, out: Path, name: str = "paper-table", extra_train: lis
         model_dir = export_model(latest_checkpoint(run_dir), runs / f"{system}-model")
         report_file = runs / f"{system}-test.json"
         report = cached(keys, report_file, [key, per_group], lambda: evaluate_model(
-            model_dir, data / "test.jsonl", out=report_file.with_suffix(""), per_group=per_group,
+            model_dir, data / "test.jsonl", out=report_file, per_group=per_group,
             ceiling=system == "speech-llama"))
         results[system] = _summary(report, t.data.get(system))
     if whisper:
@@ -149,7 +150,7 @@ def _whisper(keys: StageKeys, manifest: Path, per_group: int, runs: Path) -> dic
     from ..evaluation.evaluate import evaluate_whisper
 
     out = runs / "whisper-base-test"
-    report = cached(keys, out.with_suffix(".json"), ["whisper-base", file_key(manifest), per_group],
+    report = cached(keys, out_file(out, ".json"), ["whisper-base", file_key(manifest), per_group],
                      lambda: evaluate_whisper(manifest, out, per_group))
     return _summary(report, None)
 
@@ -224,11 +225,11 @@ def write_table(results: dict, out: Path, data: Path, per_group: int, command: s
     if "zero-audio" in results:
         lines += ["", "## Control", "", control(results, runs)]
     lines += ["", f"![BLEU by system]({out.name}.png)"]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    _chart(results, out.with_suffix(".png"))
-    print(out.with_suffix(".md").read_text(), file=sys.stderr)
-    return out.with_suffix(".md")
+    out_file(out, ".md").write_text("\n".join(lines) + "\n")
+    out_file(out, ".json").write_text(json.dumps(results, indent=1))
+    _chart(results, out_file(out, ".png"))
+    print(out_file(out, ".md").read_text(), file=sys.stderr)
+    return out_file(out, ".md")
 
 
 def _chart(results: dict, path: Path) -> None:
