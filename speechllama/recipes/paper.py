@@ -224,12 +224,13 @@ def write_table(results: dict, out: Path, data: Path, per_group: int, command: s
               f"p >= {ALPHA})."]
     if "zero-audio" in results:
         lines += ["", "## Control", "", control(results, runs)]
-    lines += ["", f"![BLEU by system]({out.name}.png)"]
-    out_file(out, ".md").write_text("\n".join(lines) + "\n")
+    md, chart = out_file(out, ".md"), out_file(out, ".png")
+    lines += ["", f"![BLEU by system]({chart.name})"]
+    md.write_text("\n".join(lines) + "\n")
     out_file(out, ".json").write_text(json.dumps(results, indent=1))
-    _chart(results, out_file(out, ".png"))
-    print(out_file(out, ".md").read_text(), file=sys.stderr)
-    return out_file(out, ".md")
+    _chart(results, chart)
+    print(md.read_text(), file=sys.stderr)
+    return md
 
 
 def _chart(results: dict, path: Path) -> None:
