@@ -10,7 +10,7 @@
 # its schedule), then `speechllama evaluate` scores the first PER_GROUP (default 10) dev rows of each
 # task, language pair and subset, with that LLM's text-MT ceiling. Writes runs/llm-budget/LLM/ and
 # LLM-dev.{md,json} (an LLM already scored there is kept: delete its LLM-dev.json to rerun it);
-# prints one Markdown table. Needs `pip install -e ".[qwen]"` for the 1.5B.
+# prints one Markdown table (p: sacrebleu's paired bootstrap of each LLM's dev BLEU against the first's). Needs `pip install -e ".[qwen]"` for the 1.5B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=$1 minutes=$2; shift 2
@@ -33,9 +33,11 @@ done
 .venv/bin/python - "$out" "$@" <<'PY'
 import json, sys
 from pathlib import Path
+from speechllama.evaluation.statistics import paired_p
 out, specs = Path(sys.argv[1]), sys.argv[2:]
-print("| LLM | steps | training s | dev BLEU | numbers | sentences | chrF | ASR WER % | text-MT ceiling |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+first = specs[0].split(":")[0]
+print(f"| LLM | steps | training s | dev BLEU | numbers | sentences | chrF | ASR WER % | text-MT ceiling | p vs {first} |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for spec in specs:
     llm = spec.split(":")[0]
     log = [json.loads(x) for x in (out / llm / "log.jsonl").read_text().splitlines() if x.strip()]
@@ -45,5 +47,6 @@ for spec in specs:
     mac, ceil = m["macro"], (m.get("text_mt_ceiling") or {}).get("macro", {})
     print(f"| {llm} | {steps} | {seconds[-1].split()[-2]} | {mac['st_bleu_all']:.1f} | "
           f"{mac['st_bleu_numbers']:.1f} | {mac['st_bleu_sentences']:.1f} | {mac['st_chrf_all']:.1f} | "
-          f"{mac['asr_wer_all']:.1f} | {ceil.get('st_bleu_all', float('nan')):.1f} |")
+          f"{mac['asr_wer_all']:.1f} | {ceil.get('st_bleu_all', float('nan')):.1f} | "
+          + ("" if llm == first else f"{paired_p(out, first, llm, split='dev'):.3f}") + " |")
 PY

@@ -15,14 +15,15 @@ ALPHA = 0.05  # significance level of the paired bootstrap
 CONTROL = "zero-audio"  # a system must beat this to have learned anything from the audio
 
 
-def paired_p(runs: Path, a: str, b: str) -> float | None:
+def paired_p(runs: Path, a: str, b: str, split: str = "test") -> float | None:
     """p-value that ``a`` and ``b`` differ in BLEU: sacrebleu's paired bootstrap (1000 resamples,
-    fixed seed) on the ST rows both scored (pooled over language pairs); None without hypotheses."""
+    fixed seed) on the ST rows both scored (pooled over language pairs; RUNS/SYSTEM-SPLIT.hyp.jsonl);
+    None without hypotheses."""
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
     def st(system: str) -> dict:
-        f = runs / f"{system}-test.hyp.jsonl"
+        f = runs / f"{system}-{split}.hyp.jsonl"
         rows = map(json.loads, f.read_text().splitlines()) if f.exists() else []
         return {r["id"]: r for r in rows if r["task"] == "st"}
 
